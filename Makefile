@@ -1,0 +1,59 @@
+# Alianza Jobs: every command a developer needs. `make dev` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export DAGSTER_HOME ?= $(CURDIR)/.alianza/dagster_home
+HOST ?= 127.0.0.1
+PORT ?= 3000
+
+.PHONY: install dev test lint format typecheck check bench bench-smoke tail emulate clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed ## create .venv and install the package with its dev tools
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	ln -sf $(CURDIR)/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+dev: install $(DAGSTER_HOME)/dagster.yaml ## migrate + seed the local database, then start the UI and daemon
+	$(BIN)/alianza-jobs db upgrade
+	$(BIN)/alianza-jobs db seed-demo --if-empty
+	$(BIN)/dagster dev -w workspace.yaml -h $(HOST) -p $(PORT)
+
+test: install ## the whole suite (Postgres tests skip without a server unless ALIANZA_REQUIRE_POSTGRES=1)
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+typecheck: install
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+bench: install ## benchmarks against the seed's way, on loopback emulators; writes benchmarks/results/
+	$(BIN)/python -m benchmarks
+
+bench-smoke: install
+	$(BIN)/python -m benchmarks --smoke
+
+tail: install ## follow run logs from the instance in DAGSTER_HOME
+	$(BIN)/alianza-jobs tail --follow
+
+emulate: install ## serve the Stream and Resend emulators on 127.0.0.1:8787
+	$(BIN)/alianza-jobs emulate --port 8787
+
+clean: ## remove the virtualenv, local state and caches
+	rm -rf $(VENV) .alianza .tmp_dagster_home_* .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	rm -rf *.egg-info

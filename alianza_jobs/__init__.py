@@ -1,0 +1,1 @@
+"""Alianza's scheduled background jobs, rebuilt on Dagster."""

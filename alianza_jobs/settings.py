@@ -1,0 +1,204 @@
+"""Process-wide settings read from the environment, validated once at load time.
+
+Everything here is a plain value that may be shown to a user. Secrets (API tokens, a database
+password) are never copied into these settings: resources read them through ``dagster.EnvVar`` so the
+UI shows the variable's name, and this module only checks that they are present.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+
+class SettingsError(ValueError):
+    """A setting is wrong. The message is one line naming the variable and, unless secret, the value."""
+
+
+class Environment(StrEnum):
+    LOCAL = "local"
+    DEV = "dev"
+    UAT = "uat"
+    PROD = "prod"
+
+
+# Outside local, these must be present; in local their absence selects the embedded emulators.
+REQUIRED_OUTSIDE_LOCAL = (
+    "DATABASE_URL",
+    "CLOUDFLARE_ACCOUNT_ID",
+    "CLOUDFLARE_STREAM_API_TOKEN",
+    "RESEND_API_KEY",
+    "EMAIL_FROM",
+)
+
+DEFAULT_CLOUDFLARE_API_BASE_URL = "https://api.cloudflare.com/client/v4"
+DEFAULT_RESEND_API_BASE_URL = "https://api.resend.com"
+DEFAULT_EMAIL_FROM = "Alianza <jobs@alianza.local>"
+CRON_OVERRIDE_PREFIX = "ALIANZA_CRON_"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: Environment
+    dagster_home: Path
+    database_url: str
+    """SQLAlchemy async URL with the driver chosen for the user (password included: never log it)."""
+    stream_emulated: bool
+    resend_emulated: bool
+    cloudflare_api_base_url: str
+    resend_api_base_url: str
+    email_from: str
+    log_level: str
+    metrics_enabled: bool
+    pushgateway_url: str | None
+    alert_email_to: str | None
+    cron_overrides: Mapping[str, str] = field(default_factory=dict)
+    """Job name -> cron, from ``ALIANZA_CRON_<JOB_NAME>`` variables (validated against jobs later)."""
+
+    @property
+    def is_local(self) -> bool:
+        return self.env is Environment.LOCAL
+
+    @property
+    def state_dir(self) -> Path:
+        """Where local state that must outlive a run lives (emulator state, reports)."""
+        return self.dagster_home
+
+
+def default_dagster_home() -> Path:
+    return Path(".alianza").resolve() / "dagster_home"
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    env_vars = os.environ if environ is None else environ
+    raw_env = env_vars.get("ALIANZA_ENV", "local").strip().lower() or "local"
+    try:
+        env = Environment(raw_env)
+    except ValueError:
+        allowed = ", ".join(e.value for e in Environment)
+        raise SettingsError(
+            f"ALIANZA_ENV={env_vars.get('ALIANZA_ENV')!r} is not one of {allowed}"
+        ) from None
+
+    if env is not Environment.LOCAL:
+        missing = [name for name in REQUIRED_OUTSIDE_LOCAL if not env_vars.get(name, "").strip()]
+        if missing:
+            raise SettingsError(
+                f"{', '.join(missing)} must be set when ALIANZA_ENV={env.value} (missing)"
+            )
+
+    dagster_home = Path(env_vars.get("DAGSTER_HOME") or default_dagster_home())
+    raw_db_url = env_vars.get("DATABASE_URL", "").strip()
+    if raw_db_url:
+        database_url = normalize_database_url(raw_db_url)
+    else:
+        database_url = normalize_database_url(f"sqlite:///{dagster_home / 'alianza.db'}")
+
+    log_level = env_vars.get("LOG_LEVEL", "info").strip().lower() or "info"
+    if log_level == "warn":
+        log_level = "warning"
+    if log_level not in LOG_LEVELS:
+        raise SettingsError(f"LOG_LEVEL={log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+
+    metrics_enabled = _parse_bool(env_vars, "METRICS_ENABLED")
+    pushgateway_url = env_vars.get("PROMETHEUS_PUSHGATEWAY_URL", "").strip() or None
+    if metrics_enabled and not pushgateway_url:
+        raise SettingsError(
+            "PROMETHEUS_PUSHGATEWAY_URL must be set when METRICS_ENABLED=true (missing)"
+        )
+    for name in ("CLOUDFLARE_API_BASE_URL", "RESEND_API_BASE_URL", "PROMETHEUS_PUSHGATEWAY_URL"):
+        _check_http_url(env_vars, name)
+
+    return Settings(
+        env=env,
+        dagster_home=dagster_home,
+        database_url=database_url,
+        stream_emulated=env is Environment.LOCAL
+        and not env_vars.get("CLOUDFLARE_STREAM_API_TOKEN", "").strip(),
+        resend_emulated=env is Environment.LOCAL and not env_vars.get("RESEND_API_KEY", "").strip(),
+        cloudflare_api_base_url=(
+            env_vars.get("CLOUDFLARE_API_BASE_URL", "").strip() or DEFAULT_CLOUDFLARE_API_BASE_URL
+        ).rstrip("/"),
+        resend_api_base_url=(
+            env_vars.get("RESEND_API_BASE_URL", "").strip() or DEFAULT_RESEND_API_BASE_URL
+        ).rstrip("/"),
+        email_from=env_vars.get("EMAIL_FROM", "").strip() or DEFAULT_EMAIL_FROM,
+        log_level=log_level,
+        metrics_enabled=metrics_enabled,
+        pushgateway_url=pushgateway_url,
+        alert_email_to=env_vars.get("ALERT_EMAIL_TO", "").strip() or None,
+        cron_overrides={
+            name.removeprefix(CRON_OVERRIDE_PREFIX).lower(): value.strip()
+            for name, value in env_vars.items()
+            if name.startswith(CRON_OVERRIDE_PREFIX)
+        },
+    )
+
+
+def normalize_database_url(raw: str, variable: str = "DATABASE_URL") -> str:
+    """Turn a plain ``postgresql://`` or ``sqlite:///`` URL into its async-driver form.
+
+    The user gives the URL their other tools use; which asyncio driver we need is our business.
+    """
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise SettingsError(
+            f"{variable}={mask_url(raw)!r} is not a valid database URL "
+            "(expected postgresql://user:password@host:5432/db or sqlite:///path/to/file.db)"
+        ) from None
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        if url.database in (None, "", ":memory:"):
+            raise SettingsError(
+                f"{variable}={mask_url(raw)!r} must name a SQLite file: every run is its own "
+                "process, so an in-memory database would be empty in each"
+            )
+        return url.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False)
+    if backend == "postgresql":
+        if not url.host and not url.query.get("host"):
+            raise SettingsError(f"{variable}={mask_url(raw)!r} has no host")
+        if not url.database:
+            raise SettingsError(f"{variable}={mask_url(raw)!r} names no database")
+        return url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    raise SettingsError(
+        f"{variable}={mask_url(raw)!r} uses unsupported backend {backend!r} "
+        "(expected postgresql or sqlite)"
+    )
+
+
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:/@]*):(?P<pw>[^@/]*)@")
+
+
+def mask_url(raw: str) -> str:
+    """A URL safe to print: its password (if any) replaced by ***."""
+    try:
+        url: URL = make_url(raw)
+    except ArgumentError:
+        return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", raw)
+    return url.render_as_string(hide_password=True)
+
+
+def _parse_bool(env_vars: Mapping[str, str], name: str) -> bool:
+    raw = env_vars.get(name, "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise SettingsError(f"{name}={env_vars[name]!r} is not a boolean (use true or false)")
+
+
+def _check_http_url(env_vars: Mapping[str, str], name: str) -> None:
+    raw = env_vars.get(name, "").strip()
+    if raw and not re.match(r"^https?://[^/\s]+", raw):
+        raise SettingsError(f"{name}={mask_url(raw)!r} is not an http(s) URL")
