@@ -6,6 +6,8 @@ A task lives in ``alianza_jobs/tasks/<job name>.py``; to add one, copy a module 
 
 from __future__ import annotations
 
+from types import ModuleType
+
 from dagster import Definitions
 
 from alianza_jobs.core.task import check_cron_overrides
@@ -13,7 +15,7 @@ from alianza_jobs.settings import load_settings
 
 settings = load_settings()
 
-TASKS: list = []
+TASKS: list[ModuleType] = []
 
 check_cron_overrides(settings, [task.TASK for task in TASKS])
 

@@ -177,7 +177,8 @@ def normalize_database_url(raw: str, variable: str = "DATABASE_URL") -> str:
     )
 
 
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:/@]*):(?P<pw>[^@/]*)@")
+# Whatever precedes an "@" after a colon may be a password, even in a string that is not a URL.
+_USERINFO = re.compile(r":[^:@\s]*@")
 
 
 def mask_url(raw: str) -> str:
@@ -185,7 +186,7 @@ def mask_url(raw: str) -> str:
     try:
         url: URL = make_url(raw)
     except ArgumentError:
-        return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", raw)
+        return _USERINFO.sub(":***@", raw)
     return url.render_as_string(hide_password=True)
 
 

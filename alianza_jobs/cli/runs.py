@@ -28,7 +28,6 @@ from dagster import (
 
 from alianza_jobs.core.instance import get_instance
 from alianza_jobs.core.results import JobResult, Summary, job_result
-from alianza_jobs.settings import SettingsError
 from alianza_jobs.core.task import (
     MAX_RUNTIME_TAG,
     TAG_CRON,
@@ -37,6 +36,7 @@ from alianza_jobs.core.task import (
     TAG_TIMEOUT,
     TAG_TRIGGER,
 )
+from alianza_jobs.settings import SettingsError
 
 
 @dataclass(frozen=True)
@@ -192,7 +192,9 @@ def _execute(
             raise click.UsageError(f"{job_name} is partitioned: pass --partition")
         run_tags["dagster/partition"] = partition
     recon = build_reconstructable_job(
-        "alianza_jobs.cli.runs", "load_job", reconstructable_args=(module, job_name)
+        "alianza_jobs.cli.runs",
+        "load_job",
+        reconstructable_args=(module, job_name),  # type: ignore[arg-type]  # Dagster types it as a 1-tuple
     )
     with execute_job(recon, instance=instance, run_config=run_config, tags=run_tags) as result:
         run_id = result.run_id

@@ -61,12 +61,23 @@ def _json_default(value: object) -> str:
     return str(value)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is now (Dagster's compute-log capture and pytest swap it)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def _stderr_logger() -> logging.Logger:
     logger = logging.getLogger(STDERR_LOGGER_NAME)
-    if not any(getattr(h, "_alianza_json", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(_JsonFormatter())
-        handler._alianza_json = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
         # Our handler prints JSON; letting records also reach Dagster's console handler would print
         # each line twice in different formats.

@@ -18,8 +18,6 @@ from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 from alianza_jobs.core.logs import get_logger
 
 if TYPE_CHECKING:
-    from dagster import AssetExecutionContext, OpExecutionContext
-
     from alianza_jobs.core.task import TaskReport
 
 PUSH_TIMEOUT_SECONDS = 3.0
@@ -32,7 +30,7 @@ def enabled() -> bool:
 
 def record_task(
     task: str,
-    context: OpExecutionContext | AssetExecutionContext,
+    attempt: int,
     outcome: str,
     duration_ms: float,
     report: TaskReport | None,
@@ -60,7 +58,7 @@ def record_task(
         "Attempt number of the task's last attempt (1 = first try; above 1 = retried)",
         list(labels),
         registry=registry,
-    ).labels(**labels).set(context.retry_number + 1)
+    ).labels(**labels).set(attempt)
     if report is not None:
         items = Gauge(
             "alianza_task_items",
@@ -79,17 +77,29 @@ def _extra_gauges(
 ) -> None:
     checks = metadata.get("health_checks")
     if isinstance(checks, Mapping):
-        up = Gauge("alianza_health_check_up", "1 if the check passed", [*labels, "check"],
-                   registry=registry)
-        latency = Gauge("alianza_health_check_latency_seconds", "Latency of the check",
-                        [*labels, "check"], registry=registry)
+        up = Gauge(
+            "alianza_health_check_up",
+            "1 if the check passed",
+            [*labels, "check"],
+            registry=registry,
+        )
+        latency = Gauge(
+            "alianza_health_check_latency_seconds",
+            "Latency of the check",
+            [*labels, "check"],
+            registry=registry,
+        )
         for name, result in checks.items():
             up.labels(**labels, check=name).set(1 if result.get("ok") else 0)
             latency.labels(**labels, check=name).set(float(result.get("latency_ms", 0)) / 1000)
     breakers = metadata.get("circuit_breakers")
     if isinstance(breakers, Mapping):
-        state = Gauge("alianza_circuit_breaker_open", "1 while the service's breaker is open",
-                      [*labels, "service"], registry=registry)
+        state = Gauge(
+            "alianza_circuit_breaker_open",
+            "1 while the service's breaker is open",
+            [*labels, "service"],
+            registry=registry,
+        )
         for service, is_open in breakers.items():
             state.labels(**labels, service=service).set(1 if is_open else 0)
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
 from alianza_jobs.core.redaction import redact
-
 
 _DOTTED_CLASS = re.compile(r"^(?:[A-Za-z_][\w]*\.)+([A-Za-z_]\w*: )")
 

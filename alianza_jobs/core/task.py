@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,9 +38,9 @@ from dagster import (
     JobDefinition,
     MaterializeResult,
     Nothing,
-    Out,
     OpDefinition,
     OpExecutionContext,
+    Out,
     Output,
     RetryPolicy,
     RunRequest,
@@ -56,6 +57,7 @@ from dagster import (
     schedule,
 )
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+from dagster._core.errors import DagsterInvalidPropertyError
 from dagster._utils.schedules import is_valid_cron_string
 
 from alianza_jobs.core import metrics
@@ -310,11 +312,13 @@ class TaskSpec:
                     "skipping this tick rather than running alongside it"
                 )
             scheduled = context.scheduled_execution_time
-            tags = {TAG_SCHEDULED_TIME: scheduled.isoformat()} if scheduled else {}
+            tags = {TAG_CRON: cron}
+            if scheduled:
+                tags[TAG_SCHEDULED_TIME] = scheduled.isoformat()
             partition_key = None
             if isinstance(partitions_def, TimeWindowPartitionsDefinition) and scheduled:
                 # Like the seed's 02:00 report: the last *complete* day, i.e. yesterday.
-                partition_key = partitions_def.get_last_partition_key(current_time=scheduled)
+                partition_key = last_complete_partition(partitions_def, scheduled)
             return RunRequest(tags=tags, partition_key=partition_key)
 
         return _schedule
@@ -330,13 +334,14 @@ class TaskSpec:
             if not isinstance(context, OpExecutionContext | AssetExecutionContext):
                 raise TypeError(f"{spec.name}: the task function must take `context` first")
             logger = run_logger(context, spec.name)
+            attempt = attempt_of(context)
             started = time.perf_counter()
             outcome = "failure"
             result: Any = None
             with bound_logger(logger):
                 logger.info(
                     f"Starting {spec.name}",
-                    attempt=context.retry_number + 1,
+                    attempt=attempt,
                     max_attempts=spec.max_attempts,
                     timeout_s=spec.timeout_seconds,
                 )
@@ -354,10 +359,10 @@ class TaskSpec:
                 finally:
                     duration_ms = round((time.perf_counter() - started) * 1000, 1)
                     report = result if isinstance(result, TaskReport) else None
-                    metrics.record_task(spec.name, context, outcome, duration_ms, report)
+                    metrics.record_task(spec.name, attempt, outcome, duration_ms, report)
                     # The seed's closing line, one per attempt, with the seed's field names.
-                    summary = logger.info if outcome == "success" else logger.error
-                    summary(
+                    logger.log(
+                        logging.INFO if outcome == "success" else logging.ERROR,
                         "Cron job execution completed"
                         if outcome == "success"
                         else "Cron job execution failed",
@@ -369,7 +374,7 @@ class TaskSpec:
                         **(report.counts if report else {}),
                     )
             if isinstance(result, TaskReport):
-                return spec._to_dagster_result(context, result, duration_ms)
+                return spec._to_dagster_result(context, result, duration_ms, attempt)
             return result
 
         # Dagster reads the parameters (context, config, resources) off the signature; evaluating the
@@ -395,11 +400,15 @@ class TaskSpec:
             raise
 
     def _to_dagster_result(
-        self, context: OpExecutionContext | AssetExecutionContext, report: TaskReport, duration_ms: float
+        self,
+        context: OpExecutionContext | AssetExecutionContext,
+        report: TaskReport,
+        duration_ms: float,
+        attempt: int,
     ) -> Output[None] | MaterializeResult[None]:
         base: dict[str, Any] = {
             "duration_ms": duration_ms,
-            "attempt": context.retry_number + 1,
+            "attempt": attempt,
             **report.counts,
             **report.metadata,
         }
@@ -418,14 +427,40 @@ class TaskSpec:
 
 def run_logger(context: OpExecutionContext | AssetExecutionContext, task: str) -> TaskLogger:
     """The logger for this run: run id (the seed's executionId), job, cron, scheduled time."""
-    tags = context.run.tags
-    fields: dict[str, Any] = {"run_id": context.run_id, "job": context.job_name, "task": task}
+    fields: dict[str, Any] = {"task": task}
+    try:
+        fields |= {"run_id": context.run_id, "job": context.job_name}
+        tags = context.run.tags
+    except DagsterInvalidPropertyError:
+        # Invoked directly (build_op_context): there is no run to describe.
+        tags = {}
     for tag, name in ((TAG_CRON, "cron"), (TAG_SCHEDULED_TIME, "scheduled_time")):
         if tag in tags:
             fields[name] = tags[tag]
     if context.has_partition_key:
         fields["partition"] = context.partition_key
     return TaskLogger(fields, dagster_log=context.log)
+
+
+def last_complete_partition(
+    partitions_def: TimeWindowPartitionsDefinition, at: datetime
+) -> str | None:
+    """The newest partition whose window has ended by ``at`` (the one before ``at``'s own window)."""
+    current = partitions_def.time_window_for_partition_key(
+        partitions_def.get_partition_key_for_timestamp(at.timestamp())
+    )
+    previous = partitions_def.get_prev_partition_window(current.start)
+    if previous is None:
+        return None
+    return partitions_def.get_partition_key_for_timestamp(previous.start.timestamp())
+
+
+def attempt_of(context: OpExecutionContext | AssetExecutionContext) -> int:
+    """1 for the first try, 2 for the first retry; 1 when invoked directly (no step, no retries)."""
+    try:
+        return context.retry_number + 1
+    except AttributeError:
+        return 1
 
 
 def _redacted(exc: Exception) -> Exception:

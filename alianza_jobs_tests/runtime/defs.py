@@ -70,8 +70,12 @@ FLAKY = TaskSpec(
     description="Fails twice, then succeeds.",
     cron="*/7 * * * *",
     timeout=timedelta(seconds=5),
-    retry=Retry(max_retries=3, delay=timedelta(seconds=0.1), backoff=Backoff.EXPONENTIAL,
-                jitter=Jitter.PLUS_MINUS),
+    retry=Retry(
+        max_retries=3,
+        delay=timedelta(seconds=0.1),
+        backoff=Backoff.EXPONENTIAL,
+        jitter=Jitter.PLUS_MINUS,
+    ),
 )
 
 
@@ -132,5 +136,7 @@ _jobs = [hangs_job, flaky_job, counts_job, leaky_job]
 defs = Definitions(
     assets=[AssetSpec("demo_table")],
     jobs=_jobs,
-    schedules=[s for spec, j in zip(SPECS, _jobs, strict=True) if (s := spec.schedule(j, settings))],
+    schedules=[
+        s for spec, j in zip(SPECS, _jobs, strict=True) if (s := spec.schedule(j, settings))
+    ],
 )

@@ -1,0 +1,3 @@
+from alianza_jobs.cli import main
+
+main()
