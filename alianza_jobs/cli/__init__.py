@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from alianza_jobs.cli.runs import jobs_command, run_command, trigger_command
+from alianza_jobs.cli.tail import tail_command
 
 DEFAULT_MODULE = "alianza_jobs.definitions"
 
@@ -31,6 +32,7 @@ def cli(ctx: click.Context, module: str) -> None:
 cli.add_command(jobs_command)
 cli.add_command(run_command)
 cli.add_command(trigger_command)
+cli.add_command(tail_command)
 
 
 def main() -> None:

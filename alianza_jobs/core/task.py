@@ -337,6 +337,7 @@ class TaskSpec:
             attempt = attempt_of(context)
             started = time.perf_counter()
             outcome = "failure"
+            error: str | None = None
             result: Any = None
             with bound_logger(logger):
                 logger.info(
@@ -348,11 +349,12 @@ class TaskSpec:
                 try:
                     result = await spec._run_with_timeout(fn, *args, **kwargs)
                     outcome = "success"
-                except TaskTimeoutError:
-                    outcome = "timeout"
+                except TaskTimeoutError as exc:
+                    outcome, error = "timeout", f"{type(exc).__name__}: {exc}"
                     raise
                 except Exception as exc:
                     safe = _redacted(exc)
+                    error = f"{type(safe).__name__}: {safe}"
                     if safe is exc:
                         raise
                     raise safe from None
@@ -371,6 +373,7 @@ class TaskSpec:
                         successCount=int(outcome == "success"),
                         failureCount=int(outcome != "success"),
                         outcome=outcome,
+                        error=error,
                         **(report.counts if report else {}),
                     )
             if isinstance(result, TaskReport):
