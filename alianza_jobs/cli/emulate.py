@@ -1,0 +1,210 @@
+"""``alianza-jobs emulate``: the Stream and Resend emulators on one loopback port.
+
+Flags apply to this server only (they are laid over the stored config, not written into it), so a
+later ``emulate`` without flags, or a run using the emulators in-process, is not surprised by them.
+To change settings for every process, use the admin route ``PATCH /_emulator/config`` or the
+Python API (``StreamEmulator(state_dir).configure(...)``).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+import click
+
+from alianza_jobs.emulators import (
+    ADMIN_PREFIX,
+    STREAM_PREFIX,
+    StreamEmulator,
+    combined_app,
+    default_state_dir,
+)
+from alianza_jobs.emulators.faults import EmulatedConnectionReset
+
+DEFAULT_PORT = 8787
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class _QuietInjectedResets(logging.Filter):
+    """uvicorn logs every exception escaping the app; an injected reset is not a bug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, EmulatedConnectionReset)
+
+
+def _overrides(
+    *,
+    require_token: str | None,
+    require_account: str | None,
+    require_resend_key: str | None,
+    latency_ms: float | None,
+    error_rate: float | None,
+    malformed_rate: float | None,
+    reset_rate: float | None,
+    seed: int | None,
+    stream_rate_limit: int | None,
+    stream_rate_window: float | None,
+    stream_penalty: float | None,
+    resend_rate_limit: int | None,
+    daily_quota: int | None,
+) -> dict[str, Any]:
+    faults: dict[str, Any] = {}
+    for name, value in (
+        ("latency_ms", latency_ms),
+        ("error_rate", error_rate),
+        ("malformed_rate", malformed_rate),
+        ("reset_rate", reset_rate),
+    ):
+        if value is not None:
+            faults[name] = value
+    stream: dict[str, Any] = dict(faults)
+    resend: dict[str, Any] = dict(faults)
+    if require_token:
+        stream["require_token"] = require_token
+    if require_account:
+        stream["require_account"] = require_account
+    if require_resend_key:
+        resend["require_key"] = require_resend_key
+    if stream_rate_limit is not None:
+        stream["rate_limit_requests"] = stream_rate_limit
+    if stream_rate_window is not None:
+        stream["rate_limit_window_s"] = stream_rate_window
+    if stream_penalty is not None:
+        stream["rate_limit_penalty_s"] = stream_penalty
+    if resend_rate_limit is not None:
+        resend["rate_limit_requests"] = resend_rate_limit
+    if daily_quota is not None:
+        resend["daily_quota"] = daily_quota
+    overrides: dict[str, Any] = {}
+    if stream:
+        overrides["stream"] = stream
+    if resend:
+        overrides["resend"] = resend
+    if seed is not None:
+        overrides["seed"] = seed
+    return overrides
+
+
+@click.command("emulate")
+@click.option(
+    "--port", type=int, default=DEFAULT_PORT, show_default=True, help="0 picks a free port."
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where videos, mail and settings live [default: $DAGSTER_HOME/emulators].",
+)
+@click.option(
+    "--require-token",
+    envvar="ALIANZA_EMULATOR_REQUIRE_TOKEN",
+    default=None,
+    help="Stream: answer 401 unless this bearer token is sent (env ALIANZA_EMULATOR_REQUIRE_TOKEN).",
+)
+@click.option("--require-account", default=None, help="Stream: answer 403 for other account ids.")
+@click.option(
+    "--require-resend-key",
+    envvar="ALIANZA_EMULATOR_REQUIRE_RESEND_KEY",
+    default=None,
+    help="Resend: answer 403 unless this re_ key is sent (env ALIANZA_EMULATOR_REQUIRE_RESEND_KEY).",
+)
+@click.option("--latency-ms", type=float, default=None, help="Added to every answer (both APIs).")
+@click.option("--error-rate", type=float, default=None, help="Share of requests answered 5xx.")
+@click.option("--malformed-rate", type=float, default=None, help="Share answered with broken JSON.")
+@click.option("--reset-rate", type=float, default=None, help="Share whose connection is dropped.")
+@click.option("--seed", type=int, default=None, help="Seed of the fault RNG (reproducible runs).")
+@click.option("--stream-rate-limit", type=int, default=None, help="Stream requests per window.")
+@click.option("--stream-rate-window", type=float, default=None, help="Stream window, seconds.")
+@click.option("--stream-penalty", type=float, default=None, help="Stream 429 penalty, seconds.")
+@click.option("--resend-rate-limit", type=int, default=None, help="Resend requests per second.")
+@click.option("--daily-quota", type=int, default=None, help="Resend emails per day.")
+@click.option(
+    "--seed-videos",
+    type=int,
+    default=0,
+    help="Register this many generated videos first (when the state has fewer).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+    default="warning",
+    show_default=True,
+    help="uvicorn's log level.",
+)
+def emulate_command(
+    port: int,
+    host: str,
+    state_dir: Path | None,
+    require_token: str | None,
+    require_account: str | None,
+    require_resend_key: str | None,
+    latency_ms: float | None,
+    error_rate: float | None,
+    malformed_rate: float | None,
+    reset_rate: float | None,
+    seed: int | None,
+    stream_rate_limit: int | None,
+    stream_rate_window: float | None,
+    stream_penalty: float | None,
+    resend_rate_limit: int | None,
+    daily_quota: int | None,
+    seed_videos: int,
+    log_level: str,
+) -> None:
+    """Serve the Cloudflare Stream and Resend emulators (Stream under /client/v4, Resend at /)."""
+    import uvicorn
+
+    directory = (state_dir or default_state_dir()).resolve()
+    overrides = _overrides(
+        require_token=require_token,
+        require_account=require_account,
+        require_resend_key=require_resend_key,
+        latency_ms=latency_ms,
+        error_rate=error_rate,
+        malformed_rate=malformed_rate,
+        reset_rate=reset_rate,
+        seed=seed,
+        stream_rate_limit=stream_rate_limit,
+        stream_rate_window=stream_rate_window,
+        stream_penalty=stream_penalty,
+        resend_rate_limit=resend_rate_limit,
+        daily_quota=daily_quota,
+    )
+    try:
+        app = combined_app(directory, overrides=overrides)
+    except ValueError as exc:
+        raise click.UsageError(f"invalid emulator setting: {exc}") from None
+    if seed_videos > 0:
+        videos = StreamEmulator(directory)
+        present = videos.count()
+        if seed_videos > present:
+            videos.seed(seed_videos - present, seed=seed or 0, first_index=present)
+
+    if host not in _LOOPBACK:
+        click.echo(
+            f"warning: serving on {host}, not loopback: the admin routes have no auth", err=True
+        )
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        raise click.UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    bound_port = sock.getsockname()[1]
+    shown_host = f"[{host}]" if ":" in host else host
+    root = f"http://{shown_host}:{bound_port}"
+    click.echo(f"Alianza emulators on {root} (state: {directory})")
+    click.echo(f"  CLOUDFLARE_API_BASE_URL={root}{STREAM_PREFIX}")
+    click.echo(f"  RESEND_API_BASE_URL={root}")
+    click.echo(f"  admin: {root}{ADMIN_PREFIX}/health")
+    click.echo("Any account id and token are accepted unless required otherwise. Ctrl-C stops.")
+    config = uvicorn.Config(app, log_level=log_level, lifespan="off", access_log=False)
+    logging.getLogger("uvicorn.error").addFilter(
+        _QuietInjectedResets()
+    )  # after Config's dictConfig
+    uvicorn.Server(config).run(sockets=[sock])
