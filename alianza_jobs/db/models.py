@@ -1,0 +1,271 @@
+"""The application tables (the seed's ``@alianza/database`` schema), as typed SQLAlchemy 2.x models.
+
+Conventions every table follows:
+
+* ``id`` is a BIGINT primary key (plain INTEGER on SQLite, where only that auto-increments);
+* ``created_at``/``updated_at`` are aware UTC timestamps (:class:`UTCDateTime`), set by Python and
+  also by a server default, so rows inserted by raw SQL (benchmarks, psql) get them too;
+* soft-deletable tables carry ``deleted_at``;
+* the two queue tables (``streamings``, ``email_queue``) carry a lease, ``locked_until`` and
+  ``locked_by`` (the claiming run's id), managed by :mod:`alianza_jobs.db.claims`;
+* enumerated text columns are guarded by CHECK constraints, so a typo in a task cannot park a row in
+  a status no query ever looks at again.
+
+The indexes are the ones the tasks' queries need; each says which query in a comment. Any change
+here needs a migration: ``alianza_jobs_tests/db/test_migrations.py`` fails while they disagree.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Date,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    false,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from alianza_jobs.db.types import BigIntPK, JSONDocument, UTCDateTime, utcnow
+
+# Deterministic constraint names: Alembic can only drop or alter what it can name, and SQLite's
+# batch mode rebuilds tables by those names.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+EMAIL_MAX = 320  # RFC 5321: 64 local part + @ + 255 domain
+OWNER_MAX = 128  # a lease owner: a Dagster run id (36 chars) plus room for a suffix
+STREAM_UID_MAX = 64  # Stream uids are 32 hex characters; hostile input may be longer
+
+
+class StreamingStatus(StrEnum):
+    QUEUED = "queued"
+    READY = "ready"
+    ERROR = "error"
+
+
+class EmailStatus(StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    DEAD = "dead"
+
+
+class DeadLetterSource(StrEnum):
+    EMAIL_QUEUE = "email_queue"
+    STREAMINGS = "streamings"
+
+
+class BreakerState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+def _in(column: str, values: type[StrEnum]) -> str:
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Timestamped:
+    created_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), default=utcnow, server_default=func.now()
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), default=utcnow, onupdate=utcnow, server_default=func.now()
+    )
+
+
+class SoftDeletable:
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Leased:
+    """A queue row: claimable when ``locked_until`` is null or past (see ``db.claims``)."""
+
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    locked_by: Mapped[str | None] = mapped_column(String(OWNER_MAX))
+
+
+class User(Timestamped, SoftDeletable, Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    email: Mapped[str] = mapped_column(String(EMAIL_MAX), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+
+
+class UserSession(Timestamped, Base):
+    __tablename__ = "user_sessions"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # cleanup_expired_sessions: DELETE ... WHERE id IN (SELECT id ... WHERE expires_at <= now LIMIT n)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class Streaming(Timestamped, SoftDeletable, Leased, Base):
+    __tablename__ = "streamings"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    # Neither required nor unique: rows arrive from elsewhere with missing and repeated uids, and
+    # the queue task must cope with both (see the Stream task) rather than the insert failing.
+    external_id: Mapped[str | None] = mapped_column(String(STREAM_UID_MAX), index=True)
+    provider: Mapped[str] = mapped_column(String(32), default="cloudflare")
+    status: Mapped[str] = mapped_column(String(16), default=StreamingStatus.QUEUED.value)
+    duration: Mapped[float | None] = mapped_column(Float)
+    error_reason: Mapped[str | None] = mapped_column(Text)
+    checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+    __table_args__ = (
+        CheckConstraint(_in("status", StreamingStatus), name="status"),
+        # process_streaming_video_queue: WHERE status = 'queued' AND provider = 'cloudflare'
+        # ORDER BY created_at.
+        Index("ix_streamings_status_provider_created_at", "status", "provider", "created_at"),
+    )
+
+
+class EmailQueue(Timestamped, Leased, Base):
+    __tablename__ = "email_queue"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    to_address: Mapped[str] = mapped_column(String(EMAIL_MAX))
+    from_address: Mapped[str | None] = mapped_column(String(EMAIL_MAX))  # null: EMAIL_FROM
+    subject: Mapped[str] = mapped_column(String(998))  # RFC 5322 line length limit
+    html: Mapped[str | None] = mapped_column(Text)
+    text: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default=EmailStatus.PENDING.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), default=utcnow, server_default=func.now()
+    )
+    last_error: Mapped[str | None] = mapped_column(Text)
+    provider_message_id: Mapped[str | None] = mapped_column(String(128))
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The Resend batch's Idempotency-Key, stamped on every row of a batch before it is sent, so a
+    # batch cut short by a crash is re-sent whole under the same key and Resend answers from cache.
+    idempotency_key: Mapped[str | None] = mapped_column(String(64), index=True)
+
+    __table_args__ = (
+        CheckConstraint(_in("status", EmailStatus), name="status"),
+        # process_email_queue: WHERE status IN (...) AND next_attempt_at <= now ORDER BY
+        # next_attempt_at.
+        Index("ix_email_queue_status_next_attempt_at", "status", "next_attempt_at"),
+    )
+
+
+class DeadLetter(Timestamped, Base):
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    source: Mapped[str] = mapped_column(String(32))
+    source_id: Mapped[int] = mapped_column(BigInteger)
+    payload: Mapped[Any] = mapped_column(JSONDocument)
+    error: Mapped[str | None] = mapped_column(Text)
+    failed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    replayed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        CheckConstraint(_in("source", DeadLetterSource), name="source"),
+        # replay_dead_letters: WHERE source = ? AND replayed_at IS NULL; and "is this item
+        # already dead-lettered" look-ups by (source, source_id).
+        Index("ix_dead_letters_source_source_id", "source", "source_id"),
+        Index("ix_dead_letters_replayed_at", "replayed_at"),
+    )
+
+
+class SyncState(Timestamped, Base):
+    __tablename__ = "sync_state"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    watermark: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class StreamVideo(Timestamped, SoftDeletable, Base):
+    """The mirrored Cloudflare Stream catalog, kept by ``sync_stream_catalog``."""
+
+    __tablename__ = "stream_videos"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    uid: Mapped[str] = mapped_column(String(STREAM_UID_MAX), unique=True)
+    state: Mapped[str] = mapped_column(String(32))
+    # Stream sends pctComplete as a string ("75.5"); stored parsed, null when absent or unparsable.
+    pct_complete: Mapped[float | None] = mapped_column(Float)
+    duration: Mapped[float | None] = mapped_column(Float)  # seconds; null when Stream says -1
+    ready_to_stream: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    error_reason_code: Mapped[str | None] = mapped_column(String(64))
+    error_reason_text: Mapped[str | None] = mapped_column(Text)
+    stream_created: Mapped[datetime | None] = mapped_column(UTCDateTime())  # Stream's `created`
+    # The sync pages by creation time (Stream's only cursor) and reports by modification.
+    stream_modified: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+    meta: Mapped[Any | None] = mapped_column(JSONDocument)
+
+
+class DailyReport(Timestamped, Base):
+    __tablename__ = "daily_reports"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    report_date: Mapped[date] = mapped_column(Date, unique=True)
+    data: Mapped[Any] = mapped_column(JSONDocument)
+
+
+class CircuitBreaker(Timestamped, Base):
+    """Per external service: shared by every run, so a dead API is not hammered by each tick."""
+
+    __tablename__ = "circuit_breakers"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    service: Mapped[str] = mapped_column(String(64), unique=True)
+    state: Mapped[str] = mapped_column(String(16), default=BreakerState.CLOSED.value)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    opened_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (CheckConstraint(_in("state", BreakerState), name="state"),)
+
+
+metadata = Base.metadata
+
+__all__ = [
+    "Base",
+    "BreakerState",
+    "CircuitBreaker",
+    "DailyReport",
+    "DeadLetter",
+    "DeadLetterSource",
+    "EmailQueue",
+    "EmailStatus",
+    "StreamVideo",
+    "Streaming",
+    "StreamingStatus",
+    "SyncState",
+    "User",
+    "UserSession",
+    "metadata",
+]

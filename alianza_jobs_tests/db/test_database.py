@@ -1,0 +1,213 @@
+"""The Database resource and its engines: URLs, SQLite settings, UTC timestamps, closing on cancel."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy import event, insert, select, text, update
+from sqlalchemy.exc import StatementError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from alianza_jobs.db.models import EmailQueue, Streaming, User
+from alianza_jobs.resources.database import (
+    APPLICATION_NAME,
+    SQLITE_BUSY_TIMEOUT_MS,
+    Database,
+    create_engine,
+    read_only,
+)
+from alianza_jobs_tests.db.helpers import migrated_engine
+
+
+async def test_plain_urls_get_an_async_driver(database_url: str) -> None:
+    assert database_url.startswith(("sqlite:///", "postgresql://"))
+    engine = create_engine(database_url)
+    try:
+        assert engine.dialect.driver in ("aiosqlite", "psycopg")
+        async with engine.connect() as conn:
+            assert await conn.scalar(text("SELECT 1")) == 1
+    finally:
+        await engine.dispose()
+
+
+async def test_already_async_urls_pass_through(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'a.db'}")
+    try:
+        assert engine.url.drivername == "sqlite+aiosqlite"
+    finally:
+        await engine.dispose()
+
+
+async def test_sqlite_file_in_a_missing_directory_is_created(tmp_path: Path) -> None:
+    path = tmp_path / "not" / "yet" / "there.db"
+    async with Database(url=f"sqlite:///{path}").engine() as engine, engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+    assert path.exists()
+
+
+async def test_sqlite_runs_in_wal_with_busy_timeout_and_foreign_keys(tmp_path: Path) -> None:
+    database = Database(url=f"sqlite:///{tmp_path / 'a.db'}")
+    async with database.engine() as engine, engine.connect() as conn:
+        assert await conn.scalar(text("PRAGMA journal_mode")) == "wal"
+        assert await conn.scalar(text("PRAGMA busy_timeout")) == SQLITE_BUSY_TIMEOUT_MS
+        assert await conn.scalar(text("PRAGMA foreign_keys")) == 1
+
+
+async def test_sqlite_transactions_take_the_write_lock_up_front(tmp_path: Path) -> None:
+    statements: list[str] = []
+    async with migrated_engine(f"sqlite:///{tmp_path / 'a.db'}") as engine:
+        event.listen(
+            engine.sync_engine, "before_cursor_execute", lambda *a: statements.append(a[2])
+        )
+        async with engine.begin() as conn:
+            await conn.execute(select(User.id))
+        async with read_only(engine).begin() as conn:
+            await conn.execute(select(User.id))
+    begins = [s for s in statements if s.startswith("BEGIN")]
+    assert begins == ["BEGIN IMMEDIATE", "BEGIN DEFERRED"]
+
+
+async def test_sqlite_read_then_write_transactions_queue_instead_of_deadlocking(
+    tmp_path: Path,
+) -> None:
+    """Two transactions that read, pause, then write: with deferred BEGINs both hold read locks and
+    the second writer fails at once with "database is locked"; with BEGIN IMMEDIATE they queue."""
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    async with migrated_engine(url) as setup, setup.begin() as conn:
+        await conn.execute(insert(Streaming), [{"external_id": "x"}])
+    engines = [create_engine(url) for _ in range(4)]
+
+    async def read_then_write(engine: AsyncEngine) -> None:
+        async with engine.begin() as conn:
+            attempts = await conn.scalar(select(Streaming.attempts))
+            await asyncio.sleep(0.05)  # widen the window in which deferred BEGINs would collide
+            await conn.execute(update(Streaming).values(attempts=(attempts or 0) + 1))
+
+    try:
+        await asyncio.gather(*(read_then_write(e) for e in engines))
+        async with engines[0].connect() as conn:
+            # Serialized, so no lost update either.
+            assert await conn.scalar(select(Streaming.attempts)) == len(engines)
+    finally:
+        for engine in engines:
+            await engine.dispose()
+
+
+async def test_timestamps_are_aware_utc_on_both_backends(engine: AsyncEngine) -> None:
+    plus_five = timezone(timedelta(hours=5))
+    given = datetime(2025, 3, 1, 12, 30, 15, 123456, tzinfo=plus_five)
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(EmailQueue),
+            [{"to_address": "a@example.com", "subject": "s", "next_attempt_at": given}],
+        )
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(EmailQueue.next_attempt_at, EmailQueue.created_at))).one()
+    assert row.next_attempt_at == given
+    assert row.next_attempt_at.tzinfo is UTC
+    assert row.next_attempt_at.hour == 7  # 12:30 at +05:00 is 07:30 UTC
+    assert row.created_at.tzinfo is UTC  # server default, read back aware too
+    assert abs(row.created_at - datetime.now(UTC)) < timedelta(minutes=5)
+
+
+async def test_naive_datetimes_are_refused(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        with pytest.raises(StatementError, match="naive datetime"):
+            await conn.execute(
+                insert(EmailQueue),
+                [{"to_address": "a@x", "subject": "s", "next_attempt_at": datetime(2025, 1, 1)}],
+            )
+
+
+def _track_connections(engine: AsyncEngine) -> dict[str, int]:
+    counts = {"opened": 0, "closed": 0}
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _opened(*_: object) -> None:
+        counts["opened"] += 1
+
+    @event.listens_for(engine.sync_engine, "close")
+    def _closed(*_: object) -> None:
+        counts["closed"] += 1
+
+    return counts
+
+
+async def test_engine_closes_its_connections_on_exit(database_url: str) -> None:
+    async with Database(url=database_url).engine() as engine:
+        counts = _track_connections(engine)
+        # Two open transactions at once: deferred, or the second waits for the first's write lock.
+        readers = read_only(engine)
+        async with readers.connect() as a, readers.connect() as b:
+            await a.execute(text("SELECT 1"))
+            await b.execute(text("SELECT 1"))
+    assert counts == {"opened": 2, "closed": 2}
+
+
+async def test_engine_closes_its_connections_when_the_op_is_cancelled(database_url: str) -> None:
+    """The task timeout cancels the op mid-query (Postgres) or mid-work (SQLite): still closed."""
+    tracked: list[dict[str, int]] = []
+    query = "SELECT pg_sleep(30)" if database_url.startswith("postgresql") else "SELECT 1"
+
+    async def op() -> None:
+        async with Database(url=database_url).engine() as engine:
+            tracked.append(_track_connections(engine))
+            async with engine.connect() as conn:
+                await conn.execute(text(query))
+                await asyncio.sleep(30)
+
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(1.0):
+            await op()
+    assert tracked == [{"opened": 1, "closed": 1}]
+
+
+async def test_postgres_server_sees_no_connection_after_a_cancelled_query(
+    postgres_url: str,
+) -> None:
+    database = postgres_url.rsplit("/", 1)[1]
+
+    def server_connections() -> int:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            row = admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+                "AND application_name = %s",
+                (database, APPLICATION_NAME),
+            ).fetchone()
+        return int(row[0]) if row else -1
+
+    seen_during: list[int] = []
+
+    async def op() -> None:
+        async with Database(url=postgres_url).engine() as engine, engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+            seen_during.append(await asyncio.to_thread(server_connections))
+            await conn.execute(text("SELECT pg_sleep(30)"))
+
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(1.5):
+            await op()
+    assert seen_during == [1]
+    assert await asyncio.to_thread(server_connections) == 0
+
+
+async def test_session_helper_commits_and_closes(database_url: str) -> None:
+    database = Database(url=database_url)
+    async with migrated_engine(database_url):
+        pass
+    async with database.session() as session, session.begin():
+        session.add(User(email="ana@example.com", name="Ana"))
+    async with database.session() as session:
+        user = (await session.scalars(select(User))).one()
+    assert user.email == "ana@example.com"
+    assert user.created_at.tzinfo is UTC
+
+
+def test_display_url_masks_the_password() -> None:
+    database = Database(url="postgresql://app:s3cr3t-pass@db.internal:5432/alianza")
+    assert "s3cr3t-pass" not in database.display_url
+    assert "db.internal" in database.display_url
