@@ -61,7 +61,9 @@ class Settings:
     log_level: str
     metrics_enabled: bool
     pushgateway_url: str | None
-    alert_email_to: str | None
+    alert_email_to: list[str]
+    webserver_url: str
+    reports_dir: Path
     cron_overrides: Mapping[str, str] = field(default_factory=dict)
     """Job name -> cron, from ``ALIANZA_CRON_<JOB_NAME>`` variables (validated against jobs later)."""
 
@@ -116,7 +118,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError(
             "PROMETHEUS_PUSHGATEWAY_URL must be set when METRICS_ENABLED=true (missing)"
         )
-    for name in ("CLOUDFLARE_API_BASE_URL", "RESEND_API_BASE_URL", "PROMETHEUS_PUSHGATEWAY_URL"):
+    for name in (
+        "CLOUDFLARE_API_BASE_URL",
+        "RESEND_API_BASE_URL",
+        "PROMETHEUS_PUSHGATEWAY_URL",
+        "DAGSTER_WEBSERVER_URL",
+    ):
         _check_http_url(env_vars, name)
 
     return Settings(
@@ -136,7 +143,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         log_level=log_level,
         metrics_enabled=metrics_enabled,
         pushgateway_url=pushgateway_url,
-        alert_email_to=env_vars.get("ALERT_EMAIL_TO", "").strip() or None,
+        alert_email_to=[
+            a.strip() for a in env_vars.get("ALERT_EMAIL_TO", "").split(",") if a.strip()
+        ],
+        webserver_url=(
+            env_vars.get("DAGSTER_WEBSERVER_URL", "").strip() or "http://127.0.0.1:3000"
+        ).rstrip("/"),
+        reports_dir=Path(env_vars.get("REPORTS_DIR", "").strip() or dagster_home / "reports"),
         cron_overrides={
             name.removeprefix(CRON_OVERRIDE_PREFIX).lower(): value.strip()
             for name, value in env_vars.items()

@@ -6,7 +6,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from alianza_jobs_tests.observability.conftest import free_port
-from alianza_jobs_tests.runtime.cli_helpers import json_lines, run_cli
+from alianza_jobs_tests.runtime.cli_helpers import run_cli
 
 M = ("-m", "alianza_jobs_tests.runtime.defs")
 

@@ -129,9 +129,25 @@ async def leak_secrets(context: OpExecutionContext) -> TaskReport:
 
 leaky_job = LEAKY.job(leak_secrets)
 
-SPECS = [HANGS, FLAKY, COUNTS, LEAKY]
+TOGGLE = TaskSpec(
+    name="toggle",
+    description="Fails while the state file `toggle-fail` exists.",
+    timeout=timedelta(seconds=5),
+)
+
+
+@TOGGLE.op
+async def fail_while_flagged(context: OpExecutionContext) -> TaskReport:
+    if state_file("toggle-fail").exists():
+        raise RuntimeError("upstream is down")
+    return TaskReport(counts={"processed": 1})
+
+
+toggle_job = TOGGLE.job(fail_while_flagged)
+
+SPECS = [HANGS, FLAKY, COUNTS, LEAKY, TOGGLE]
 settings = load_settings()
-_jobs = [hangs_job, flaky_job, counts_job, leaky_job]
+_jobs = [hangs_job, flaky_job, counts_job, leaky_job, toggle_job]
 
 defs = Definitions(
     assets=[AssetSpec("demo_table")],

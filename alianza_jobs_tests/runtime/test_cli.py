@@ -97,7 +97,7 @@ def test_failure_exits_1_with_the_error() -> None:
 def test_usage_errors_exit_2_and_list_what_is_known() -> None:
     proc = run_cli(*M, "run", "nope")
     assert proc.returncode == 2
-    assert "unknown job 'nope'; known jobs: counts, flaky, hangs, leaky" in proc.stderr
+    assert "unknown job 'nope'; known jobs: counts, flaky, hangs, leaky, toggle" in proc.stderr
 
     proc = run_cli(*M, "trigger", "--cron", "0 0 * * *")
     assert proc.returncode == 2
