@@ -16,6 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from alianza_jobs.core.redaction import redact
 from alianza_jobs.db import migrate
 from alianza_jobs.db.demo import has_users, seed_demo
+from alianza_jobs.emulators import StreamEmulator, VideoSpec
+from alianza_jobs.resources import emulator_state_dir
 from alianza_jobs.resources.database import create_engine
 from alianza_jobs.settings import SettingsError, load_settings, mask_url
 
@@ -144,7 +146,16 @@ def seed_demo_command(
             emails=emails,
             seed=seed,
         )
-        # TODO(#4): register data.videos in the local Stream emulator once it lands.
+        settings = load_settings()
+        if settings.stream_emulated and data.videos:
+            # The same videos exist "in Stream", so the video queue has something to reconcile;
+            # the emulator starts each one's processing now, so the UI shows them turn ready.
+            emulator = StreamEmulator(emulator_state_dir(settings))
+            await asyncio.to_thread(
+                emulator.add_videos,
+                [VideoSpec(uid=v.external_id, created=v.created_at) for v in data.videos],
+                if_exists="keep",
+            )
         return data.summary()
 
     summary, url = _run(seed_it)

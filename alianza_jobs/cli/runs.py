@@ -191,6 +191,9 @@ def _execute(
         if partition is None:
             raise click.UsageError(f"{job_name} is partitioned: pass --partition")
         run_tags["dagster/partition"] = partition
+    # Our JSON lines on stderr already narrate the run; Dagster's console logger would repeat each
+    # one and add its debug events. The event log in storage is unaffected by this.
+    run_config = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}, **(run_config or {})}
     recon = build_reconstructable_job(
         "alianza_jobs.cli.runs",
         "load_job",

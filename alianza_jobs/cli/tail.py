@@ -194,6 +194,9 @@ def tail_command(
     tailer.emit(tailer.poll())
     if not follow:
         return
+    click.echo(
+        f"tail: following {'run ' + run_id if run_id else 'new runs'} (Ctrl-C to stop)", err=True
+    )
     try:
         while not (run_id and tailer.all_done):
             time.sleep(interval)  # polling the storage, as the UI's own subscription does

@@ -16,6 +16,7 @@ from typing import Any
 
 from dagster import EnvVar
 
+from alianza_jobs.emulators import EMULATOR_ACCOUNT_ID
 from alianza_jobs.resources.app import AppConfig, ReportStorage
 from alianza_jobs.resources.database import Database
 from alianza_jobs.resources.resend import ResendEmail
@@ -23,7 +24,6 @@ from alianza_jobs.resources.stream import CloudflareStream
 from alianza_jobs.settings import Settings
 
 EMULATOR_BASE = "http://emulator.local"
-EMULATOR_ACCOUNT_ID = "local-account"
 EMULATOR_TOKEN = "local-emulator-token"
 EMULATOR_RESEND_KEY = "re_local_emulator_key"
 

@@ -40,9 +40,12 @@ def test_tail_follow_picks_up_a_run_started_after_it() -> None:
         cwd=REPO,
         env=dict(os.environ),
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         text=True,
     )
+    # Launch the run only once tail is following, so the lag measured is tail's, not its start-up.
+    assert tail.stderr is not None
+    assert "tail: following" in tail.stderr.readline()
     arrivals: queue.Queue[tuple[float, dict[str, Any]]] = queue.Queue()
 
     def read() -> None:
