@@ -13,11 +13,11 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
-
 from alianza_jobs.core.logs import get_logger
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from alianza_jobs.core.task import TaskReport
 
 PUSH_TIMEOUT_SECONDS = 3.0
@@ -37,6 +37,9 @@ def record_task(
 ) -> None:
     if not enabled():
         return
+    # Imported here: prometheus_client costs ~70 ms at import, paid only when metrics are on.
+    from prometheus_client import CollectorRegistry, Gauge
+
     registry = CollectorRegistry()
     labels = {"task": task, "env": os.environ.get("ALIANZA_ENV", "local")}
     Gauge(
@@ -75,6 +78,8 @@ def record_task(
 def _extra_gauges(
     registry: CollectorRegistry, labels: Mapping[str, str], metadata: Mapping[str, Any]
 ) -> None:
+    from prometheus_client import Gauge
+
     checks = metadata.get("health_checks")
     if isinstance(checks, Mapping):
         up = Gauge(
@@ -109,6 +114,8 @@ def push(registry: CollectorRegistry, job: str) -> bool:
     url = os.environ.get("PROMETHEUS_PUSHGATEWAY_URL", "").strip()
     if not url:
         return False
+    from prometheus_client import push_to_gateway
+
     try:
         push_to_gateway(url, job=job, registry=registry, timeout=PUSH_TIMEOUT_SECONDS)
     except Exception as exc:

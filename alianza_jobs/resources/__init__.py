@@ -16,7 +16,6 @@ from typing import Any
 
 from dagster import EnvVar
 
-from alianza_jobs.emulators import EMULATOR_ACCOUNT_ID
 from alianza_jobs.resources.app import AppConfig, ReportStorage
 from alianza_jobs.resources.database import Database
 from alianza_jobs.resources.resend import ResendEmail
@@ -24,7 +23,10 @@ from alianza_jobs.resources.stream import CloudflareStream
 from alianza_jobs.settings import Settings
 
 EMULATOR_BASE = "http://emulator.local"
-EMULATOR_TOKEN = "local-emulator-token"
+# The emulator takes any account id; this one matches its default (importing the emulator package
+# here would put Starlette on the import path of every code-location load).
+EMULATOR_ACCOUNT_ID = "e" * 32
+EMULATOR_TOKEN = "local-emulator-token"  # noqa: S105  # the in-process emulator's, not a secret
 EMULATOR_RESEND_KEY = "re_local_emulator_key"
 
 
