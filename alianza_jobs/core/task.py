@@ -23,12 +23,14 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
 from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
     AssetExecutionContext,
     AssetMaterialization,
     Backoff,
@@ -53,6 +55,7 @@ from dagster import (
     define_asset_job,
     in_process_executor,
     job,
+    multi_asset_check,
     op,
     schedule,
 )
@@ -152,6 +155,8 @@ class TaskReport:
     metadata: dict[str, Any] = field(default_factory=dict)
     # Per-asset counters when a task touches several assets; default: every asset gets ``counts``.
     asset_metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Asset checks only (``spec.multi_asset_check``): the results the wrapper hands to Dagster.
+    check_results: list[AssetCheckResult] = field(default_factory=list)
 
     def add(self, key: str, amount: int = 1) -> None:
         self.counts[key] = self.counts.get(key, 0) + amount
@@ -260,6 +265,32 @@ class TaskSpec:
 
         return decorate
 
+    def multi_asset_check(
+        self, **check_kwargs: Any
+    ) -> Callable[[Callable[..., Awaitable[Any]]], Any]:
+        """Asset checks as a task: the function returns a ``TaskReport`` with ``check_results``.
+
+        The checks run to the end under the timeout first; then their results are yielded (an
+        async generator is what Dagster takes check results from, executed and invoked directly).
+        """
+
+        def decorate(fn: Callable[..., Awaitable[Any]]) -> Any:
+            guarded = self._guard(fn)
+
+            @functools.wraps(guarded)
+            async def checks(*args: Any, **kwargs: Any) -> AsyncIterator[AssetCheckResult]:
+                for result in await guarded(*args, **kwargs):
+                    yield result
+
+            checks.__signature__ = guarded.__signature__  # type: ignore[attr-defined]
+            return multi_asset_check(
+                retry_policy=self.retry.policy if self.retry else None,
+                op_tags=self.op_tags,
+                **check_kwargs,
+            )(checks)
+
+        return decorate
+
     def job(self, op_def: OpDefinition) -> JobDefinition:
         @job(
             name=self.name,
@@ -331,10 +362,16 @@ class TaskSpec:
         @functools.wraps(fn)
         async def guarded(*args: P.args, **kwargs: P.kwargs) -> Any:
             context = args[0] if args else kwargs.get("context")
-            if not isinstance(context, OpExecutionContext | AssetExecutionContext):
+            if isinstance(context, AssetCheckExecutionContext):
+                op_context: OpExecutionContext | AssetExecutionContext = (
+                    context.op_execution_context
+                )
+            elif isinstance(context, OpExecutionContext | AssetExecutionContext):
+                op_context = context
+            else:
                 raise TypeError(f"{spec.name}: the task function must take `context` first")
-            logger = run_logger(context, spec.name)
-            attempt = attempt_of(context)
+            logger = run_logger(op_context, spec.name)
+            attempt = attempt_of(op_context)
             started = time.perf_counter()
             outcome = "failure"
             error: str | None = None
@@ -404,11 +441,15 @@ class TaskSpec:
 
     def _to_dagster_result(
         self,
-        context: OpExecutionContext | AssetExecutionContext,
+        context: OpExecutionContext | AssetExecutionContext | AssetCheckExecutionContext,
         report: TaskReport,
         duration_ms: float,
         attempt: int,
-    ) -> Output[None] | MaterializeResult[None]:
+    ) -> Output[None] | MaterializeResult[None] | list[AssetCheckResult]:
+        if isinstance(context, AssetCheckExecutionContext):
+            # Yielded one by one by multi_asset_check's wrapper. A failed check with blocking=True
+            # fails the step once every result has been recorded.
+            return list(report.check_results)
         base: dict[str, Any] = {
             "duration_ms": duration_ms,
             "attempt": attempt,
@@ -432,8 +473,9 @@ def run_logger(context: OpExecutionContext | AssetExecutionContext, task: str) -
     """The logger for this run: run id (the seed's executionId), job, cron, scheduled time."""
     fields: dict[str, Any] = {"task": task}
     try:
-        fields |= {"run_id": context.run_id, "job": context.job_name}
-        tags = context.run.tags
+        run = context.run
+        fields |= {"run_id": run.run_id, "job": run.job_name}
+        tags = run.tags
     except DagsterInvalidPropertyError:
         # Invoked directly (build_op_context): there is no run to describe.
         tags = {}
