@@ -16,12 +16,14 @@ from alianza_jobs.core.task import check_cron_overrides
 from alianza_jobs.resources import build_resources
 from alianza_jobs.sensors.alerts import sensors as alert_sensors
 from alianza_jobs.settings import load_settings
-from alianza_jobs.tasks import cleanup_expired_sessions
+from alianza_jobs.tasks import cleanup_expired_sessions, daily_report, health_check
 
 settings = load_settings()
 
 TASKS: list[ModuleType] = [
+    health_check,
     cleanup_expired_sessions,
+    daily_report,
 ]
 
 check_cron_overrides(settings, [task.TASK for task in TASKS])
