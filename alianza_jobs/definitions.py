@@ -16,11 +16,19 @@ from alianza_jobs.core.task import check_cron_overrides
 from alianza_jobs.resources import build_resources
 from alianza_jobs.sensors.alerts import sensors as alert_sensors
 from alianza_jobs.settings import load_settings
-from alianza_jobs.tasks import cleanup_expired_sessions, daily_report, health_check
+from alianza_jobs.tasks import (
+    cleanup_expired_sessions,
+    daily_report,
+    health_check,
+    process_streaming_video_queue,
+    sync_stream_catalog,
+)
 
 settings = load_settings()
 
 TASKS: list[ModuleType] = [
+    process_streaming_video_queue,
+    sync_stream_catalog,
     health_check,
     cleanup_expired_sessions,
     daily_report,

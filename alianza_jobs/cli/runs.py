@@ -193,7 +193,10 @@ def _execute(
         run_tags["dagster/partition"] = partition
     # Our JSON lines on stderr already narrate the run; Dagster's console logger would repeat each
     # one and add its debug events. The event log in storage is unaffected by this.
-    run_config = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}, **(run_config or {})}
+    run_config = {
+        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+        **(run_config or {}),
+    }
     recon = build_reconstructable_job(
         "alianza_jobs.cli.runs",
         "load_job",

@@ -411,7 +411,7 @@ class TaskSpec:
                         failureCount=int(outcome != "success"),
                         outcome=outcome,
                         error=error,
-                        **(report.counts if report else {}),
+                        **_counter_fields(report),
                     )
             if isinstance(result, TaskReport):
                 return spec._to_dagster_result(context, result, duration_ms, attempt)
@@ -498,6 +498,27 @@ def last_complete_partition(
     if previous is None:
         return None
     return partitions_def.get_partition_key_for_timestamp(previous.start.timestamp())
+
+
+_SUMMARY_FIELDS = frozenset(
+    {
+        "level",
+        "msg",
+        "totalDuration",
+        "totalJobs",
+        "successCount",
+        "failureCount",
+        "outcome",
+        "error",
+    }
+)
+
+
+def _counter_fields(report: TaskReport | None) -> dict[str, int]:
+    """A task's counters for the summary line; one named like a summary field gets a prefix."""
+    if report is None:
+        return {}
+    return {(f"count_{k}" if k in _SUMMARY_FIELDS else k): v for k, v in report.counts.items()}
 
 
 def attempt_of(context: OpExecutionContext | AssetExecutionContext) -> int:

@@ -104,7 +104,8 @@ async def count_items(context: OpExecutionContext) -> TaskReport:
     log = get_logger()
     for item_id in (1, 2, 3):
         log.child(item_id=item_id).info("Processed item")
-    return TaskReport(counts={"processed": 3, "succeeded": 2, "failed": 1})
+    # "error" would collide with the summary line's own field: it is logged as count_error.
+    return TaskReport(counts={"processed": 3, "succeeded": 2, "failed": 1, "error": 0})
 
 
 counts_job = COUNTS.job(count_items)
