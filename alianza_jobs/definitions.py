@@ -20,7 +20,9 @@ from alianza_jobs.tasks import (
     cleanup_expired_sessions,
     daily_report,
     health_check,
+    process_email_queue,
     process_streaming_video_queue,
+    replay_dead_letters,
     sync_stream_catalog,
 )
 
@@ -28,10 +30,12 @@ settings = load_settings()
 
 TASKS: list[ModuleType] = [
     process_streaming_video_queue,
-    sync_stream_catalog,
+    process_email_queue,
     health_check,
+    sync_stream_catalog,
     cleanup_expired_sessions,
     daily_report,
+    replay_dead_letters,
 ]
 
 check_cron_overrides(settings, [task.TASK for task in TASKS])

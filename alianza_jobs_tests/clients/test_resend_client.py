@@ -375,7 +375,7 @@ class WindowedServer:
         return httpx.Response(200, json={"id": f"em_{sum(self.counts.values())}"}, headers=headers)
 
 
-async def test_pacing_keeps_remaining_above_zero(
+async def test_pacing_uses_the_window_budget_without_a_429(
     api: respx.MockRouter, client: ResendClient, clock: FakeClock
 ) -> None:
     server = WindowedServer(clock, limit=5)
@@ -385,10 +385,10 @@ async def test_pacing_keeps_remaining_above_zero(
         await client.send(email(i))
 
     assert server.rejected == 0
-    assert min(server.remaining_seen) >= 1
-    # Paced, not throttled to a crawl: 4 of the 5 per window are used.
-    assert max(server.counts.values()) == 4
-    assert clock.monotonic() <= 5.0
+    # The whole budget of each window is used, then the client waits for the next window.
+    assert sorted(server.counts.values()) == [5, 5, 5, 5]
+    assert min(server.remaining_seen) == 0
+    assert clock.monotonic() <= 3.0 + 1e-6
 
 
 async def test_without_pacing_the_same_server_would_reject(
