@@ -32,28 +32,24 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import dagster as dg
 import httpx
 from pydantic import Field
 
 from alianza_jobs.core.logs import get_logger
-from alianza_jobs.resources.breaker import BreakerStore, CircuitBreaker, MemoryBreakerStore
+from alianza_jobs.resources.api_resource import ApiResource
+from alianza_jobs.resources.breaker import BreakerStore, CircuitBreaker
 from alianza_jobs.resources.http import (
     ApiCaller,
     ApiError,
     FatalApiError,
     PermanentApiError,
     RetryableApiError,
-    RetrySettings,
     SlidingWindowLimiter,
     Timing,
     body_snippet,
-    build_async_client,
-    emulator_transport,
     json_body,
     malformed,
     parse_retry_after,
@@ -394,14 +390,12 @@ class StreamClient:
 # -- resource ---------------------------------------------------------------------------------------
 
 
-class CloudflareStream(dg.ConfigurableResource):  # type: ignore[type-arg]
+class CloudflareStream(ApiResource):
     """Cloudflare Stream API (or the in-process emulator when ``emulator_state_dir`` is set)."""
 
     account_id: str = Field(description="Cloudflare account id.")
     api_token: str = Field(description="Stream API token (pass as dagster.EnvVar; never logged).")
     base_url: str = DEFAULT_BASE_URL
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 20.0
     max_concurrency: int = Field(default=8, description="Bound on in-flight requests per client.")
     rate_limit_requests: int = Field(
         default=1200,
@@ -411,20 +405,6 @@ class CloudflareStream(dg.ConfigurableResource):  # type: ignore[type-arg]
         ),
     )
     rate_limit_window_s: float = 300.0
-    max_attempts: int = 3
-    max_retry_wait_s: float = Field(
-        default=30.0,
-        description=(
-            "Longest wait a call sleeps through (Retry-After, or the client-side rate limit); "
-            "a longer one fails the call at once with retry_after set."
-        ),
-    )
-    emulator_state_dir: str | None = Field(
-        default=None,
-        description="Serve the API from the project's emulator in-process (ALIANZA_ENV=local).",
-    )
-    breaker_failure_threshold: int = 5
-    breaker_cool_down_s: float = 120.0
 
     @asynccontextmanager
     async def client(
@@ -435,41 +415,17 @@ class CloudflareStream(dg.ConfigurableResource):  # type: ignore[type-arg]
         ``breaker_store`` keeps the circuit state between runs (default: this client only).
         ``timing`` replaces clocks and sleep (tests).
         """
-        timing = timing or Timing()
-        transport: httpx.AsyncBaseTransport | None = None
-        base_url = self.base_url
-        if self.emulator_state_dir is not None:
-            transport = emulator_transport(Path(self.emulator_state_dir))
-            base_url = EMULATOR_BASE_URL
-        breaker = CircuitBreaker(
-            SERVICE,
-            breaker_store or MemoryBreakerStore(),
-            threshold=self.breaker_failure_threshold,
-            cool_down=self.breaker_cool_down_s,
-            clock=timing.now,
-        )
-        await breaker.load()
-        async with build_async_client(
-            base_url=base_url,
-            headers={"authorization": f"Bearer {self.api_token}"},
-            connect_timeout_s=self.connect_timeout_s,
-            read_timeout_s=self.read_timeout_s,
-            max_connections=self.max_concurrency,
-            transport=transport,
-        ) as http:
-            caller = ApiCaller(
-                service=SERVICE,
-                http=http,
-                classify_error=classify_error,
-                limiter=SlidingWindowLimiter(
-                    self.rate_limit_requests, self.rate_limit_window_s, timing
-                ),
-                retry=RetrySettings(
-                    max_attempts=self.max_attempts, max_retry_wait_s=self.max_retry_wait_s
-                ),
-                breaker=breaker,
-                timing=timing,
-                max_concurrency=self.max_concurrency,
-                secrets=[self.api_token],
-            )
+        async with self.open_caller(
+            service=SERVICE,
+            base_url=self.base_url,
+            emulator_base_url=EMULATOR_BASE_URL,
+            token=self.api_token,
+            classify_error=classify_error,
+            limiter=lambda t: SlidingWindowLimiter(
+                self.rate_limit_requests, self.rate_limit_window_s, t
+            ),
+            max_concurrency=self.max_concurrency,
+            breaker_store=breaker_store,
+            timing=timing,
+        ) as (caller, breaker):
             yield StreamClient(caller, self.account_id, breaker)
