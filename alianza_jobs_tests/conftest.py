@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 REPO = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get(
@@ -111,3 +112,18 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'app.db'}"
     return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """A fresh database (SQLite file or new Postgres database) migrated to head."""
+    from alianza_jobs_tests.db.helpers import migrated_engine
+
+    async with migrated_engine(database_url) as migrated:
+        yield migrated
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    """The emulators' state directory for one test (what DAGSTER_HOME/emulators is in a deployment)."""
+    return tmp_path / "emulators"

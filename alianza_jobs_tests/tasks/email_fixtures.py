@@ -4,7 +4,7 @@ queue rows, and read-backs of the database and the emulator's inbox."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -20,25 +20,13 @@ from alianza_jobs.emulators import EMULATOR_API_KEY, ResendEmulator
 from alianza_jobs.resources.app import AppConfig
 from alianza_jobs.resources.database import Database
 from alianza_jobs.resources.resend import ResendEmail
-from alianza_jobs_tests.db.helpers import migrated_engine
 
 EMAIL_FROM = "Alianza <jobs@alianza.test>"
 UNFINISHED = ("pending", "sending", "failed")
 
 
-# Named fixtures (`name=`): a test module imports the function, and its parameter `engine` is
-# the fixture, not a shadowed import.
-@pytest.fixture(name="engine")
-async def engine_fixture(database_url: str) -> AsyncIterator[AsyncEngine]:
-    async with migrated_engine(database_url) as engine:
-        yield engine
-
-
-@pytest.fixture(name="state_dir")
-def state_dir_fixture(tmp_path: Path) -> Path:
-    return tmp_path / "emulators"
-
-
+# Named fixtures (`name=`): a test module imports the function, and its parameter `emulator` is
+# the fixture, not a shadowed import. (`engine` and `state_dir` come from the root conftest.)
 @pytest.fixture(name="emulator")
 def emulator_fixture(state_dir: Path) -> ResendEmulator:
     return ResendEmulator(state_dir)

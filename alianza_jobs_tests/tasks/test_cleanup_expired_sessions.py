@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 from dagster import (
     DagsterInstance,
     RunsFilter,
@@ -31,12 +29,6 @@ from alianza_jobs.tasks.cleanup_expired_sessions import CleanupConfig, delete_ex
 from alianza_jobs_tests.db.helpers import migrated_engine
 
 HOUR = timedelta(hours=1)
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    async with migrated_engine(database_url) as engine:
-        yield engine
 
 
 async def populate(engine: AsyncEngine) -> dict[str, set[int]]:

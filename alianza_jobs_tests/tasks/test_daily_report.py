@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import pytest
 from dagster import AssetKey, DagsterInstance
 from dagster._core.test_utils import freeze_time
 from sqlalchemy import insert, select
@@ -455,12 +454,6 @@ def test_no_recipients_skips_the_email_and_a_later_run_with_recipients_sends_it_
         )
     # The duplicate address is sent once; the second run enqueues nothing.
     assert [to for _, to, _, _ in run_async(_notification_emails(url))] == ["ops@alianza.example"]
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    async with migrated_engine(database_url) as engine:
-        yield engine
 
 
 async def test_two_runs_of_one_day_at_once_enqueue_one_email(

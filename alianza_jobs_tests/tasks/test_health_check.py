@@ -51,11 +51,6 @@ async def _migrate(url: str) -> None:
 
 
 @pytest.fixture
-def state_dir(tmp_path: Path) -> Path:
-    return tmp_path / "emulators"
-
-
-@pytest.fixture
 def migrated_url(database_url: str) -> str:
     run_async(_migrate(database_url))
     return database_url

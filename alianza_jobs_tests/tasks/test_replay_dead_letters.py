@@ -36,8 +36,6 @@ from alianza_jobs_tests.tasks.email_fixtures import (
 )
 
 # The shared fixtures, registered here under their names: engine, state_dir, emulator.
-engine_fixture = email_fixtures.engine_fixture
-state_dir_fixture = email_fixtures.state_dir_fixture
 emulator_fixture = email_fixtures.emulator_fixture
 
 OP = "requeue_dead_letters"

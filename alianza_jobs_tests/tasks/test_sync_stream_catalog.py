@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -47,17 +46,6 @@ from alianza_jobs_tests.tasks.stream_fixtures import (
 
 HOUR = timedelta(hours=1)
 OP = "mirror_stream_catalog"
-
-
-@pytest.fixture
-def state_dir(tmp_path: Path) -> Path:
-    return tmp_path / "emulators"
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    async with migrated_engine(database_url) as engine:
-        yield engine
 
 
 def seed_catalog(state_dir: Path, n: int, *, label: str = "cat") -> list[str]:
