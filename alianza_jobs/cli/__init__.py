@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from alianza_jobs.cli.db import db_group
+from alianza_jobs.cli.doctor import doctor_command
 from alianza_jobs.cli.emulate import emulate_command
 from alianza_jobs.cli.runs import jobs_command, run_command, trigger_command
 from alianza_jobs.cli.tail import tail_command
@@ -37,6 +38,7 @@ cli.add_command(trigger_command)
 cli.add_command(tail_command)
 cli.add_command(db_group)
 cli.add_command(emulate_command)
+cli.add_command(doctor_command)
 
 
 def main() -> None:
