@@ -165,7 +165,7 @@ def normalize_database_url(raw: str, variable: str = "DATABASE_URL") -> str:
     """
     try:
         url = make_url(raw)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise SettingsError(
             f"{variable}={mask_url(raw)!r} is not a valid database URL "
             "(expected postgresql://user:password@host:5432/db or sqlite:///path/to/file.db)"
@@ -198,7 +198,7 @@ def mask_url(raw: str) -> str:
     """A URL safe to print: its password (if any) replaced by ***."""
     try:
         url: URL = make_url(raw)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return _USERINFO.sub(":***@", raw)
     return url.render_as_string(hide_password=True)
 

@@ -44,7 +44,7 @@ def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
             continue
         try:
             password = make_url(raw).password
-        except ArgumentError:
+        except (ArgumentError, ValueError):  # ValueError: a port that is not a number
             match = _URL_PASSWORD.search(raw)
             password = match["pw"] if match else None
         if password and len(str(password)) >= _MIN_SECRET_LEN:

@@ -68,7 +68,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from alianza_jobs.core.logs import TaskLogger, get_logger
 from alianza_jobs.core.task import Retry, TaskReport, TaskSpec
 from alianza_jobs.db.breaker_store import DatabaseBreakerStore
-from alianza_jobs.db.claims import claim_rows, lease_is_free
+from alianza_jobs.db.claims import claim_rows, lease_is_free, release_rows
 from alianza_jobs.db.models import DeadLetter, DeadLetterSource, EmailQueue, EmailStatus
 from alianza_jobs.db.types import utcnow
 from alianza_jobs.resources.app import AppConfig
@@ -407,7 +407,14 @@ class EmailQueueRun:
     # -- one batch --------------------------------------------------------------------------------
 
     async def _one_batch(self, owner: str, log: TaskLogger) -> bool:
-        batch = await self._claim(owner, log)
+        try:
+            batch = await self._claim(owner, log)
+        except BaseException:
+            # Cancelled (the timeout, a failing sibling) or failed while claiming: the claim may
+            # have committed without us seeing its rows. This worker's owner id holds nothing
+            # else, so give back whatever it holds, as it was, rather than wait out the lease.
+            await self._release_owner(owner, log)
+            raise
         if batch is None:
             return False
         self.report.add("processed", len(batch.rows))
@@ -750,6 +757,19 @@ class EmailQueueRun:
         batch.done |= written
         if counter is not None:
             self.report.add(counter, len(written))
+
+    async def _release_owner(self, owner: str, log: TaskLogger) -> None:
+        try:
+            async with asyncio.timeout(RELEASE_TIMEOUT_S):
+                released = await release_rows(self.engine, EmailQueue, owner=owner)
+        except Exception as exc:
+            log.error(
+                "Could not give rows back; they return to the queue when their lease passes", exc
+            )
+            return
+        if released:
+            self.report.add("restored", released)
+            log.info("Gave back rows claimed as the run was interrupted", released=released)
 
     async def _release_interrupted(
         self, batch: Batch, owner: str, log: TaskLogger, exc: BaseException

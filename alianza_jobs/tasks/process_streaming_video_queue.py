@@ -797,13 +797,15 @@ async def check_queued_videos(
         stream.client(breaker_store=DatabaseBreakerStore(engine)) as api,
     ):
         run = VideoQueueRun(engine, api, owner, config, log)
-        leased = await lease_due_rows(
-            engine, owner=owner, lease=timedelta(seconds=config.lease_seconds)
-        )
-        run.counts["processed"] = leased
-        log.info("Leased queued videos", rows=leased)
         error: ApiError | None = None
         try:
+            # Inside the try: a cancellation landing as the lease commits must still give the
+            # rows back (release_leftovers works from the owner id, not from what we saw).
+            leased = await lease_due_rows(
+                engine, owner=owner, lease=timedelta(seconds=config.lease_seconds)
+            )
+            run.counts["processed"] = leased
+            log.info("Leased queued videos", rows=leased)
             if leased:
                 await run.settle_missing_external_ids()
                 run.unseen = await run.count_unseen()
