@@ -19,6 +19,7 @@ from typing import Any
 import click
 import yaml
 from dagster import (
+    DagsterInvalidConfigError,
     Definitions,
     JobDefinition,
     TimeWindowPartitionsDefinition,
@@ -202,8 +203,13 @@ def _execute(
         "load_job",
         reconstructable_args=(module, job_name),  # type: ignore[arg-type]  # Dagster types it as a 1-tuple
     )
-    with execute_job(recon, instance=instance, run_config=run_config, tags=run_tags) as result:
-        run_id = result.run_id
+    try:
+        with execute_job(recon, instance=instance, run_config=run_config, tags=run_tags) as result:
+            run_id = result.run_id
+    except DagsterInvalidConfigError as exc:
+        # A typo in --config is a usage error: say which key, in one line, not a traceback.
+        problems = "; ".join(" ".join(e.message.split()) for e in exc.errors) or str(exc)
+        raise ConfigError(f"invalid run config for {job_name}: {problems}") from None
     return job_result(instance, run_id)
 
 
