@@ -1,0 +1,97 @@
+"""From measurements to summaries: medians over repetitions, ratios to the baseline."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from benchmarks.harness import median
+
+METRICS = (
+    "wall_s",
+    "op_s",
+    "process_s",
+    "rows_per_s",
+    "api_calls",
+    "api_calls_per_row",
+    "rate_limited",
+    "peak_rss_mb",
+    "cpu_s",
+    "foreign_cores",
+    "load1_start",
+)
+
+
+def summarize(measurements: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One summary per (workload, backend, case, size), in the order first measured.
+
+    Medians (and min/max) are over the successful runs only; ``ok``/``runs`` says how many there
+    were. ``ratio_to_baseline``: our median rows per second over the baseline's, for the same
+    workload and backend (the baseline runs at its own, smaller size: its throughput does not grow
+    with the queue, see the report).
+    """
+    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
+    for m in measurements:
+        groups.setdefault((m["workload"], m["backend"], m["case"], m["size"]), []).append(m)
+    summaries: list[dict[str, Any]] = []
+    for (workload, backend, case, size), runs in groups.items():
+        ok = [r for r in runs if r["success"]]
+        summary: dict[str, Any] = {
+            "workload": workload,
+            "backend": backend,
+            "case": case,
+            "size": size,
+            "runs": len(runs),
+            "ok": len(ok),
+            "errors": sorted({str(r["error"]) for r in runs if not r["success"]}),
+            "median": {},
+            "min": {},
+            "max": {},
+        }
+        for metric in METRICS:
+            values = [float(r[metric]) for r in ok if r.get(metric) is not None]
+            if values:
+                summary["median"][metric] = round(median(values) or 0.0, 5)
+                summary["min"][metric] = round(min(values), 5)
+                summary["max"][metric] = round(max(values), 5)
+        summaries.append(summary)
+    for summary in summaries:
+        if summary["case"] != "ours":
+            continue
+        baseline = next(
+            (
+                s
+                for s in summaries
+                if s["workload"] == summary["workload"]
+                and s["backend"] == summary["backend"]
+                and s["case"] == "baseline"
+            ),
+            None,
+        )
+        if baseline is None:
+            continue
+        ours_rate = summary["median"].get("rows_per_s")
+        base_rate = baseline["median"].get("rows_per_s")
+        summary["baseline_size"] = baseline["size"]
+        if ours_rate and base_rate:
+            summary["ratio_to_baseline"] = round(ours_rate / base_rate, 2)
+    return summaries
+
+
+def find(
+    summaries: Sequence[Mapping[str, Any]], case: str, size: int | None = None
+) -> Mapping[str, Any] | None:
+    for summary in summaries:
+        if summary["case"] == case and (size is None or summary["size"] == size):
+            return summary
+    return None
+
+
+def largest_size(summaries: Sequence[Mapping[str, Any]], case: str) -> Mapping[str, Any] | None:
+    of_case = [s for s in summaries if s["case"] == case and s["size"] is not None]
+    return max(of_case, key=lambda s: s["size"]) if of_case else None
+
+
+def smallest_size(summaries: Sequence[Mapping[str, Any]], case: str) -> Mapping[str, Any] | None:
+    of_case = [s for s in summaries if s["case"] == case and s["size"] is not None]
+    return min(of_case, key=lambda s: s["size"]) if of_case else None
