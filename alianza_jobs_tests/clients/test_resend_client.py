@@ -17,6 +17,7 @@ import respx
 from alianza_jobs.resources.http import (
     ApiError,
     FatalApiError,
+    HeaderRateLimiter,
     PermanentApiError,
     RetryableApiError,
 )
@@ -406,3 +407,47 @@ async def test_resend_emulator_base_url_and_timeouts() -> None:
     async with resource(connect_timeout_s=1.5, read_timeout_s=9.0).client() as c:
         http = c._caller.http
         assert (http.timeout.connect, http.timeout.read) == (1.5, 9.0)
+
+
+class SlidingServer:
+    """Resend-like sliding one-second window that, like Resend, rounds ``reset`` up to seconds."""
+
+    def __init__(self, clock: FakeClock, limit: int) -> None:
+        self.clock = clock
+        self.limit = limit
+        self.sent: list[float] = []
+        self.rejected = 0
+
+    LATENCY_S = 0.05
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        now = self.clock.monotonic()
+        self.clock.advance(self.LATENCY_S)  # the answer comes back a little later
+        window = [t for t in self.sent if t > now - 1.0]
+        reset = math.ceil(window[0] + 1.0 - now - self.LATENCY_S) if window else 1
+        headers = {"ratelimit-limit": str(self.limit), "ratelimit-reset": str(max(reset, 1))}
+        if len(window) >= self.limit:
+            self.rejected += 1
+            headers["ratelimit-remaining"] = "0"
+            headers["retry-after"] = "1"
+            return resend_error(429, "rate_limit_exceeded", **headers)
+        self.sent.append(now)
+        headers["ratelimit-remaining"] = str(self.limit - len(window) - 1)
+        return httpx.Response(200, json={"id": f"em_{len(self.sent)}"}, headers=headers)
+
+
+async def test_pacing_is_not_slowed_by_a_rounded_up_reset(
+    api: respx.MockRouter, client: ResendClient, clock: FakeClock
+) -> None:
+    server = SlidingServer(clock, limit=5)
+    api.post("/emails").mock(side_effect=server)
+
+    for i in range(25):
+        await client.send(email(i))
+
+    assert server.rejected == 0
+    # 25 requests at 5 per sliding second, 50 ms each: the 5th window opens just after 4 s, and
+    # its 5 requests take 0.25 s. Waiting the announced (rounded-up) reset from the last answer
+    # instead costs 1.25 s per window: over 6 s.
+    margin = HeaderRateLimiter.MARGIN_S
+    assert clock.monotonic() <= 4 * (1.0 + margin) + 5 * SlidingServer.LATENCY_S + 1e-6
