@@ -596,18 +596,21 @@ class ApiCaller:
         """One request: its parsed result, or the error describing why it failed."""
         cap = self.retry.max_retry_wait_s
         try:
-            await self.limiter.acquire(max_wait=cap)
-        except LimiterWaitTooLong as exc:
-            return ClientRateLimitedError(
-                self.service,
-                None,
-                "client_rate_limited",
-                f"the client-side rate limit needs a {exc.wait:.0f} s wait, over the {cap:g} s "
-                "a call may wait; leave the rest for the next run",
-                retry_after=exc.wait,
-            )
-        try:
             async with self._semaphore:
+                # The rate-limit slot is taken once a connection slot is ours, right before the
+                # request goes: taken earlier, a call queued behind the semaphore would reach the
+                # server later than the limiter counted it, and bunch up with the next window's.
+                try:
+                    await self.limiter.acquire(max_wait=cap)
+                except LimiterWaitTooLong as exc:
+                    return ClientRateLimitedError(
+                        self.service,
+                        None,
+                        "client_rate_limited",
+                        f"the client-side rate limit needs a {exc.wait:.0f} s wait, over the "
+                        f"{cap:g} s a call may wait; leave the rest for the next run",
+                        retry_after=exc.wait,
+                    )
                 self.calls += 1
                 response = await self.http.request(
                     method, path, params=params, json=body, headers=headers

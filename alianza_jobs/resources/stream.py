@@ -405,6 +405,13 @@ class CloudflareStream(ApiResource):
         ),
     )
     rate_limit_window_s: float = 300.0
+    rate_limit_margin_s: float = Field(
+        default=1.0,
+        description=(
+            "Added to the window when counting: requests reach the server a little later than we "
+            "send them, and unevenly; without a margin two sends a window apart can arrive closer."
+        ),
+    )
 
     @asynccontextmanager
     async def client(
@@ -422,7 +429,7 @@ class CloudflareStream(ApiResource):
             token=self.api_token,
             classify_error=classify_error,
             limiter=lambda t: SlidingWindowLimiter(
-                self.rate_limit_requests, self.rate_limit_window_s, t
+                self.rate_limit_requests, self.rate_limit_window_s + self.rate_limit_margin_s, t
             ),
             max_concurrency=self.max_concurrency,
             breaker_store=breaker_store,

@@ -522,7 +522,11 @@ async def test_many_calls_never_exceed_the_configured_limit(
 
     api.get(VIDEO_PATH).mock(side_effect=answer)
     limit, window = 10, 60.0
-    settings = {"rate_limit_requests": limit, "rate_limit_window_s": window}
+    settings = {
+        "rate_limit_requests": limit,
+        "rate_limit_window_s": window,
+        "rate_limit_margin_s": 0.0,
+    }
     # Calls may wait a whole window here; the default cap (30 s) is covered by the next test.
     async with resource(**settings, max_retry_wait_s=window).client(timing=clock.timing()) as c:
         # Sequential and concurrent callers both go through the one limiter.
@@ -543,7 +547,10 @@ async def test_a_spent_budget_stops_the_call_instead_of_outwaiting_the_task(
 ) -> None:
     route = api.get(VIDEO_PATH).respond(json=envelope(video_json()))
     async with resource(
-        rate_limit_requests=2, rate_limit_window_s=60.0, max_retry_wait_s=30.0
+        rate_limit_requests=2,
+        rate_limit_window_s=60.0,
+        rate_limit_margin_s=0.0,
+        max_retry_wait_s=30.0,
     ).client(timing=clock.timing()) as c:
         await c.get_video("vid1")
         clock.advance(10)
