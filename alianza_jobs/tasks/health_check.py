@@ -52,7 +52,6 @@ from alianza_jobs.assets import APP_DATABASE, CLOUDFLARE_STREAM_API, REPORT_STOR
 from alianza_jobs.core.logs import get_logger
 from alianza_jobs.core.redaction import redact, secret_values
 from alianza_jobs.core.task import TaskReport, TaskSpec
-from alianza_jobs.db import migrate
 from alianza_jobs.db.types import utcnow
 from alianza_jobs.resources import resend as resend_api
 from alianza_jobs.resources import stream as stream_api
@@ -142,6 +141,10 @@ class ProbeError(Exception):
 
 
 async def probe_database(database: Database) -> dict[str, Any]:
+    # Imported here: Alembic (with its templating and console deps) costs ~0.25 s, paid by
+    # this check's runs only, not by every load of the code location.
+    from alianza_jobs.db import migrate
+
     async with database.engine() as engine:
         # Deferred BEGIN on SQLite: a probe every minute must not take the write lock.
         reader = read_only(engine)
