@@ -38,6 +38,25 @@ REQUIRED_OUTSIDE_LOCAL = (
     "EMAIL_FROM",
 )
 
+# Every variable the app reads (besides ALIANZA_CRON_<JOB>): tests and benchmarks clear these so a
+# developer's shell cannot change what a run sees.
+ENV_VARIABLES = (
+    "ALIANZA_ENV",
+    "DATABASE_URL",
+    "CLOUDFLARE_ACCOUNT_ID",
+    "CLOUDFLARE_STREAM_API_TOKEN",
+    "CLOUDFLARE_API_BASE_URL",
+    "RESEND_API_KEY",
+    "RESEND_API_BASE_URL",
+    "EMAIL_FROM",
+    "LOG_LEVEL",
+    "METRICS_ENABLED",
+    "PROMETHEUS_PUSHGATEWAY_URL",
+    "ALERT_EMAIL_TO",
+    "ALERT_WEBHOOK_URL",
+    "DAGSTER_WEBSERVER_URL",
+    "REPORTS_DIR",
+)
 DEFAULT_CLOUDFLARE_API_BASE_URL = "https://api.cloudflare.com/client/v4"
 DEFAULT_RESEND_API_BASE_URL = "https://api.resend.com"
 DEFAULT_EMAIL_FROM = "Alianza <jobs@alianza.local>"

@@ -18,27 +18,15 @@ import pytest
 from psycopg import sql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from alianza_jobs.settings import ENV_VARIABLES
+
 REPO = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get(
     "ALIANZA_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 REQUIRE_POSTGRES = os.environ.get("ALIANZA_REQUIRE_POSTGRES", "") == "1"
 # Variables a developer's shell may carry that would change what a test sees.
-_ISOLATED_ENV = (
-    "ALIANZA_ENV",
-    "DATABASE_URL",
-    "CLOUDFLARE_ACCOUNT_ID",
-    "CLOUDFLARE_STREAM_API_TOKEN",
-    "CLOUDFLARE_API_BASE_URL",
-    "RESEND_API_KEY",
-    "RESEND_API_BASE_URL",
-    "EMAIL_FROM",
-    "LOG_LEVEL",
-    "METRICS_ENABLED",
-    "PROMETHEUS_PUSHGATEWAY_URL",
-    "ALERT_EMAIL_TO",
-    "ALERT_WEBHOOK_URL",
-)
+_ISOLATED_ENV = ENV_VARIABLES
 
 
 @pytest.fixture(autouse=True)

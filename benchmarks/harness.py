@@ -45,6 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from alianza_jobs.db import migrate
 from alianza_jobs.resources.database import create_engine
+from alianza_jobs.settings import ENV_VARIABLES
 
 REPO = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get(
@@ -57,22 +58,7 @@ PG_PREFIX = "alianza_bench"
 MB = 1024 * 1024
 
 # Variables of the developer's shell that would change what a child sees; the harness sets its own.
-_SCRUBBED_ENV = (
-    "ALIANZA_ENV",
-    "DATABASE_URL",
-    "CLOUDFLARE_ACCOUNT_ID",
-    "CLOUDFLARE_STREAM_API_TOKEN",
-    "CLOUDFLARE_API_BASE_URL",
-    "RESEND_API_KEY",
-    "RESEND_API_BASE_URL",
-    "EMAIL_FROM",
-    "LOG_LEVEL",
-    "METRICS_ENABLED",
-    "PROMETHEUS_PUSHGATEWAY_URL",
-    "ALERT_EMAIL_TO",
-    "ALERT_WEBHOOK_URL",
-    "DAGSTER_HOME",
-)
+_SCRUBBED_ENV = (*ENV_VARIABLES, "DAGSTER_HOME")
 
 
 # -- statistics ---------------------------------------------------------------------------------

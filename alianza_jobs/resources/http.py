@@ -161,11 +161,19 @@ class CircuitOpenError(FatalApiError):
         return self
 
 
-def dagster_failure(error: ApiError) -> Failure:
-    """A Dagster ``Failure`` for an error that ends a task: op retries only if they can help."""
+def dagster_failure(
+    error: ApiError, *, task: str | None = None, counts: Mapping[str, int] | None = None
+) -> Failure:
+    """A Dagster ``Failure`` for an error that ends a task: op retries only if they can help.
+
+    ``task`` prefixes the description (``<task> stopped: ...``); ``counts`` (what the run had done
+    when it stopped) travel in the failure's metadata as ``count_<name>``.
+    """
+    metadata: dict[str, Any] = {k: v for k, v in error.metadata().items() if v is not None}
+    metadata |= {f"count_{k}": v for k, v in (counts or {}).items()}
     return Failure(
-        description=str(error),
-        metadata={k: v for k, v in error.metadata().items() if v is not None},
+        description=f"{task} stopped: {error}" if task else str(error),
+        metadata=metadata,
         allow_retries=error.retryable,
     )
 

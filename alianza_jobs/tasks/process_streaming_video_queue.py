@@ -749,15 +749,6 @@ class VideoQueueRun:
         return released
 
 
-def _failure(error: ApiError, counts: Mapping[str, int]) -> dg.Failure:
-    base = dagster_failure(error)
-    return dg.Failure(
-        description=f"process_streaming_video_queue stopped: {base.description}",
-        metadata={**base.metadata, **{f"count_{k}": v for k, v in counts.items()}},
-        allow_retries=base.allow_retries,
-    )
-
-
 # processed = succeeded + failed + deferred + lease_lost; succeeded = ready + still_processing +
 # errored rows other than dead-lettered ones; errored includes not_found, no_external_id and
 # dead_lettered; failed includes dead_lettered. "errored", not "error": the task wrapper passes the
@@ -821,7 +812,7 @@ async def check_queued_videos(
         if error is not None:
             run.counts["api_calls"] = api.calls
             log.error("Stopping: Stream cannot be asked now", error, **run.counts)
-            raise _failure(error, run.counts)
+            raise dagster_failure(error, task=TASK.name, counts=run.counts)
         counts = run.counts
         counts["api_calls"] = api.calls
         counts["succeeded"] = counts["ready"] + counts["errored"] + counts["still_processing"]

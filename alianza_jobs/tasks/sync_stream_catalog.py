@@ -405,15 +405,6 @@ async def sync_pages(
     return newest
 
 
-def _failure(error: ApiError, counts: Mapping[str, int]) -> dg.Failure:
-    base = dagster_failure(error)
-    return dg.Failure(
-        description=f"sync_stream_catalog stopped: {base.description}",
-        metadata={**base.metadata, **{f"count_{k}": v for k, v in counts.items()}},
-        allow_retries=base.allow_retries,
-    )
-
-
 @TASK.op
 async def mirror_stream_catalog(
     context: OpExecutionContext,
@@ -443,7 +434,9 @@ async def mirror_stream_catalog(
             await sync_pages(engine, listing, start=start, config=config, counts=counts, log=log)
         except ApiError as err:
             log.error("Stopping: Stream cannot be listed now", err, **counts.as_dict())
-            raise _failure(err, {**counts.as_dict(), "api_calls": api.calls}) from None
+            raise dagster_failure(
+                err, task=TASK.name, counts={**counts.as_dict(), "api_calls": api.calls}
+            ) from None
         finally:
             await listing.aclose()
         after = await read_watermark(engine)

@@ -47,6 +47,7 @@ from alianza_jobs.resources.app import AppConfig
 from alianza_jobs.resources.database import Database, create_engine
 from alianza_jobs.resources.resend import ResendEmail
 from alianza_jobs.resources.stream import CloudflareStream
+from alianza_jobs.settings import ENV_VARIABLES
 from alianza_jobs.tasks.process_streaming_video_queue import NO_EXTERNAL_ID, NOT_FOUND_REASON
 from alianza_jobs_tests.observability.conftest import free_port
 from alianza_jobs_tests.reliability.hooks import (
@@ -237,23 +238,9 @@ def app_env(url: str, ns: Namespace, **extra: str) -> dict[str, str]:
     }
 
 
-# Variables a developer's shell may carry that would change what a child sees (as the root
-# conftest's isolation list): a child gets exactly the ones a test gives it.
-_ISOLATED = (
-    "ALIANZA_ENV",
-    "DATABASE_URL",
-    "CLOUDFLARE_ACCOUNT_ID",
-    "CLOUDFLARE_STREAM_API_TOKEN",
-    "CLOUDFLARE_API_BASE_URL",
-    "RESEND_API_KEY",
-    "RESEND_API_BASE_URL",
-    "EMAIL_FROM",
-    "LOG_LEVEL",
-    "METRICS_ENABLED",
-    "PROMETHEUS_PUSHGATEWAY_URL",
-    "ALERT_EMAIL_TO",
-    "ALERT_WEBHOOK_URL",
-)
+# Variables a developer's shell may carry that would change what a child sees: a child gets
+# exactly the ones a test gives it.
+_ISOLATED = ENV_VARIABLES
 
 
 def child_env(env: Mapping[str, str]) -> dict[str, str]:
