@@ -35,7 +35,7 @@ def pytest_runtest_makereport(
 
 class Outcomes:
     """What one test tried: ``outcome.add("crash", "SIGKILL mid-send", runs=2, items=120,
-    lost=0, duplicated=0)``. Rows are written to ``results.json`` whether the test passes or not
+    lost=0, duplicated=0)``. Rows are written to ``test-artifacts/reliability/results.json`` whether the test passes or not
     (a failing test shows in the table as such)."""
 
     def __init__(self) -> None:

@@ -1,4 +1,4 @@
-"""Render the reliability suite's summary table from ``results.json``.
+"""Render the reliability suite's summary table from ``test-artifacts/reliability/results.json``.
 
     python -m alianza_jobs_tests.reliability.summary                  # print the markdown table
     python -m alianza_jobs_tests.reliability.summary --update docs/reliability.md
