@@ -254,8 +254,8 @@ class RateLimiter(Protocol):
         should stop and leave the rest for its next tick, not be killed by its own timeout.
         """
 
-    def observe(self, response: httpx.Response) -> None:
-        """Learn from a response (rate-limit headers)."""
+    def observe(self, response: httpx.Response | None) -> None:
+        """A request acquired from this limiter ended: its response, or None if none came."""
 
     def pause_for(self, seconds: float) -> None:
         """The server said stop (429 + Retry-After): send nothing for ``seconds``."""
@@ -299,7 +299,7 @@ class SlidingWindowLimiter:
                 await self._timing.sleep(wait)
             self._sent.append(now)
 
-    def observe(self, response: httpx.Response) -> None:
+    def observe(self, response: httpx.Response | None) -> None:
         return None
 
     def pause_for(self, seconds: float) -> None:
@@ -311,17 +311,21 @@ class HeaderRateLimiter:
 
     Resend's limit is per team and changes with the plan, so it is read, not hard-coded. Requests go
     out while the window has budget left (counting our own requests in flight). Once ``remaining``
-    reaches 0, the next request waits until the oldest of our last ``limit`` sends is a window
-    (Resend's limits are per second; its 429 says so) plus a small margin old, and never longer than
-    ``reset`` says. Two cheaper rules were measured and dropped: spreading the budget evenly over
-    ``reset`` sent at half the limit, and waiting the full ``reset`` from the last answer at 74%,
-    because Resend (and our emulator) round ``reset`` up to whole seconds. A server whose window is
-    longer than assumed costs one 429, whose ``retry-after`` pauses us. Before the first answer
-    nothing is known and nothing is delayed.
+    reaches 0, the next request waits until a slot of the server's window (Resend's limits are per
+    second; its 429 says so) is sure to have aged out, and never longer than ``reset`` says.
+
+    The server stamps a request somewhere between our send and its answer, so slots age from answer
+    times: pacing from send times was refused now and then (1 call in 16 in a CI run) when a
+    request reached the server late. With ``k`` requests in flight, the window's oldest entry is at
+    most the ``limit - k``-th latest answer. Two cheaper rules were measured and dropped: spreading
+    the budget evenly over ``reset`` sent at half the limit, and waiting the full ``reset`` from the
+    last answer at 74%, because Resend (and our emulator) round ``reset`` up to whole seconds. A
+    server whose window is longer than assumed costs one 429, whose ``retry-after`` pauses us.
+    Before the first answer nothing is known and nothing is delayed.
     """
 
     WINDOW_S = 1.0
-    MARGIN_S = 0.05
+    MARGIN_S = 0.02
 
     def __init__(self, timing: Timing | None = None) -> None:
         self._timing = timing or Timing()
@@ -330,7 +334,8 @@ class HeaderRateLimiter:
         self._reset_at: float | None = None
         self._next_at = 0.0
         self._blocked_until = 0.0
-        self._sent: collections.deque[float] = collections.deque(maxlen=256)
+        self._in_flight = 0
+        self._answered: collections.deque[float] = collections.deque(maxlen=256)
         self.limit: int | None = None
         self.waited_s = 0.0
 
@@ -348,7 +353,7 @@ class HeaderRateLimiter:
                     raise LimiterWaitTooLong(wait)
                 self.waited_s += wait
                 await self._timing.sleep(wait)
-            self._sent.append(now)
+            self._in_flight += 1
             if self._remaining is not None:
                 # Count our request before its answer arrives, so concurrent senders see it.
                 self._remaining -= 1
@@ -358,13 +363,22 @@ class HeaderRateLimiter:
         if self._remaining is None or self._reset_at is None or self._remaining > 0:
             return 0.0
         wait = self._reset_at - now
-        if self.limit and len(self._sent) >= self.limit:
-            # The window frees a slot when our oldest send in it ages out, usually well before the
+        answered = (self.limit or 0) - self._in_flight
+        if answered > 0 and len(self._answered) >= answered:
+            # The window frees a slot when its oldest entry ages out, usually well before the
             # rounded-up `reset` the server announced.
-            wait = min(wait, self._sent[-self.limit] + self.WINDOW_S + self.MARGIN_S - now)
+            oldest = self._answered[-answered]
+            wait = min(wait, oldest + self.WINDOW_S + self.MARGIN_S - now)
         return max(0.0, wait)
 
-    def observe(self, response: httpx.Response) -> None:
+    def observe(self, response: httpx.Response | None) -> None:
+        now = self._timing.monotonic()
+        # Every ended request counts as a slot taken at its end, answered or not: a request that
+        # timed out may still have been counted by the server.
+        self._in_flight = max(0, self._in_flight - 1)
+        self._answered.append(now)
+        if response is None:
+            return
         headers = response.headers
         remaining = _int_header(headers, "ratelimit-remaining")
         reset = _float_header(headers, "ratelimit-reset")
@@ -373,8 +387,7 @@ class HeaderRateLimiter:
             self.limit = limit
         if remaining is None or reset is None:
             return
-        now = self._timing.monotonic()
-        self._remaining = max(0, remaining)
+        self._remaining = max(0, remaining - self._in_flight)
         self._reset_at = now + max(0.0, reset)
         self._next_at = now + self._interval(now)
 
@@ -620,9 +633,13 @@ class ApiCaller:
                         retry_after=exc.wait,
                     )
                 self.calls += 1
-                response = await self.http.request(
-                    method, path, params=params, json=body, headers=headers
-                )
+                answer: httpx.Response | None = None
+                try:
+                    answer = response = await self.http.request(
+                        method, path, params=params, json=body, headers=headers
+                    )
+                finally:
+                    self.limiter.observe(answer)
         except httpx.TimeoutException as exc:
             # Returned, not raised from here: httpx's exception holds the request, headers included,
             # and must not travel along as the __context__ of ours.
@@ -636,7 +653,6 @@ class ApiCaller:
                 "network_error",
                 f"{type(exc).__name__} on {method} {path}: {exc}",
             )
-        self.limiter.observe(response)
         if response.is_success:
             try:
                 return parse(response)

@@ -412,15 +412,19 @@ async def test_resend_emulator_base_url_and_timeouts() -> None:
 class SlidingServer:
     """Resend-like sliding one-second window that, like Resend, rounds ``reset`` up to seconds."""
 
-    def __init__(self, clock: FakeClock, limit: int) -> None:
+    def __init__(self, clock: FakeClock, limit: int, *, stalls: dict[int, float] | None = None):
         self.clock = clock
         self.limit = limit
+        self.stalls = stalls or {}  # request number -> seconds it takes to reach the server
         self.sent: list[float] = []
         self.rejected = 0
+        self.requests = 0
 
     LATENCY_S = 0.05
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.clock.advance(self.stalls.get(self.requests, 0.0))
+        self.requests += 1
         now = self.clock.monotonic()
         self.clock.advance(self.LATENCY_S)  # the answer comes back a little later
         window = [t for t in self.sent if t > now - 1.0]
@@ -446,8 +450,25 @@ async def test_pacing_is_not_slowed_by_a_rounded_up_reset(
         await client.send(email(i))
 
     assert server.rejected == 0
-    # 25 requests at 5 per sliding second, 50 ms each: the 5th window opens just after 4 s, and
-    # its 5 requests take 0.25 s. Waiting the announced (rounded-up) reset from the last answer
-    # instead costs 1.25 s per window: over 6 s.
-    margin = HeaderRateLimiter.MARGIN_S
-    assert clock.monotonic() <= 4 * (1.0 + margin) + 5 * SlidingServer.LATENCY_S + 1e-6
+    # 25 requests at 5 per sliding second, 50 ms each: a window's slots age from their answers, so
+    # each window opens a second (plus margin) after the first answer of the one before; the 5th
+    # opens just after 4.2 s and its 5 requests take 0.25 s. Waiting the announced (rounded-up)
+    # reset from the last answer instead costs 1.25 s per window: over 6 s.
+    margin, latency = HeaderRateLimiter.MARGIN_S, SlidingServer.LATENCY_S
+    assert clock.monotonic() <= 4 * (1.0 + margin + latency) + 5 * latency + 1e-6
+
+
+async def test_pacing_holds_when_requests_reach_the_server_late(
+    api: respx.MockRouter, client: ResendClient, clock: FakeClock
+) -> None:
+    """The server stamps a request anywhere between our send and its answer. Here the first of
+    some windows stalls 0.5 s on its way: pacing from send times had the next window's first
+    request refused (seen in CI), pacing from answer times does not."""
+    server = SlidingServer(clock, limit=5, stalls={n: 0.5 for n in (0, 10, 20)})
+    api.post("/emails").mock(side_effect=server)
+
+    for i in range(25):
+        await client.send(email(i))
+
+    assert server.rejected == 0
+    assert len(server.sent) == 25
