@@ -5,7 +5,8 @@ outage means each tick retries against the dead API and burns the rate limit. Wi
 
 * **closed**: calls go through. Each call that ends in a *retryable* failure (after the client's own
   retries) counts; a success resets the count. A permanent item error (404, 422) or a fatal one
-  (401) means the service answered: it is not the service failing and does not count.
+  (401) means the service answered: it is not the service failing and does not count. Nor does a
+  429 whose ``retry-after`` a call may wait out: the service is up and pacing us.
 * **open**: after ``threshold`` consecutive failures, or at once when the server asked us to stay
   away longer than a call may wait (Cloudflare's five-minute 429), until ``opened_until``. Calls
   raise :class:`CircuitOpenError` without any request: ``circuit open for cloudflare_stream until

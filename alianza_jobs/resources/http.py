@@ -307,21 +307,23 @@ class SlidingWindowLimiter:
 
 
 class HeaderRateLimiter:
-    """Paces requests from the server's ``ratelimit-limit/-remaining/-reset`` headers (Resend).
+    """Paces requests by Resend's rate limit, learnt from its ``ratelimit-*`` headers.
 
-    Resend's limit is per team and changes with the plan, so it is read, not hard-coded. Requests go
-    out while the window has budget left (counting our own requests in flight). Once ``remaining``
-    reaches 0, the next request waits until a slot of the server's window (Resend's limits are per
-    second; its 429 says so) is sure to have aged out, and never longer than ``reset`` says.
+    Resend's limit is per team and changes with the plan, so ``ratelimit-limit`` is read, not
+    hard-coded; its window is a second (its 429 says so). A request goes out while fewer than
+    ``limit`` of ours may still be in the server's window: those in flight, and those answered less
+    than a window (plus a margin) ago. The server stamps a request somewhere between our send and
+    its answer, so answer times are the safe side: pacing from send times was refused now and then
+    (1 call in 16 in a CI run) when a request reached the server late. Our own log, not the last
+    answer, is the truth between answers, so the end of a rounded-up ``reset`` is never taken for
+    a whole new budget.
 
-    The server stamps a request somewhere between our send and its answer, so slots age from answer
-    times: pacing from send times was refused now and then (1 call in 16 in a CI run) when a
-    request reached the server late. With ``k`` requests in flight, the window's oldest entry is at
-    most the ``limit - k``-th latest answer. Two cheaper rules were measured and dropped: spreading
-    the budget evenly over ``reset`` sent at half the limit, and waiting the full ``reset`` from the
-    last answer at 74%, because Resend (and our emulator) round ``reset`` up to whole seconds. A
-    server whose window is longer than assumed costs one 429, whose ``retry-after`` pauses us.
-    Before the first answer nothing is known and nothing is delayed.
+    ``ratelimit-remaining`` says what our log cannot see: a neighbour on the same key. When it is
+    lower than our log predicts, the difference is held back until ``reset``; a 429's
+    ``retry-after`` pauses everything. Two simpler rules were measured and dropped: spreading the
+    budget evenly over ``reset`` sent at half the limit, and waiting the full ``reset`` (rounded up
+    to whole seconds by Resend and by our emulator) after the budget ran out sent at 74%. Before
+    the first answer the limit is unknown and nothing is delayed.
     """
 
     WINDOW_S = 1.0
@@ -330,12 +332,14 @@ class HeaderRateLimiter:
     def __init__(self, timing: Timing | None = None) -> None:
         self._timing = timing or Timing()
         self._lock = asyncio.Lock()
-        self._remaining: int | None = None
-        self._reset_at: float | None = None
-        self._next_at = 0.0
-        self._blocked_until = 0.0
+        self._answer = asyncio.Event()
         self._in_flight = 0
-        self._answered: collections.deque[float] = collections.deque(maxlen=256)
+        # Answer times within the last window, oldest first (monotonic, so appended in order).
+        self._answered: collections.deque[float] = collections.deque()
+        # Slots of the server's window that others hold, per the last answer, until `reset`.
+        self._held_by_others = 0
+        self._reset_at: float | None = None
+        self._blocked_until = 0.0
         self.limit: int | None = None
         self.waited_s = 0.0
 
@@ -343,10 +347,12 @@ class HeaderRateLimiter:
         async with self._lock:
             while True:
                 now = self._timing.monotonic()
-                if self._reset_at is not None and now >= self._reset_at:
-                    # A new window: the budget is whole again until an answer says otherwise.
-                    self._remaining, self._reset_at = None, None
-                wait = max(self._next_at, self._blocked_until) - now
+                wait = self._wait(now)
+                if wait is None:
+                    # `limit` requests in flight: only an answer can free a slot.
+                    await self._next_answer(max_wait)
+                    continue
+                wait = max(wait, self._blocked_until - now)
                 if wait <= 0:
                     break
                 if max_wait is not None and wait > max_wait:
@@ -354,42 +360,57 @@ class HeaderRateLimiter:
                 self.waited_s += wait
                 await self._timing.sleep(wait)
             self._in_flight += 1
-            if self._remaining is not None:
-                # Count our request before its answer arrives, so concurrent senders see it.
-                self._remaining -= 1
-            self._next_at = now + self._interval(now)
 
-    def _interval(self, now: float) -> float:
-        if self._remaining is None or self._reset_at is None or self._remaining > 0:
+    def _free(self, now: float) -> int:
+        horizon = now - self.WINDOW_S - self.MARGIN_S
+        while self._answered and self._answered[0] <= horizon:
+            self._answered.popleft()
+        if self._reset_at is not None and now >= self._reset_at:
+            self._held_by_others, self._reset_at = 0, None
+        return (self.limit or 0) - self._in_flight - len(self._answered)
+
+    def _wait(self, now: float) -> float | None:
+        """Seconds until a request may go (<= 0: now), or None when it takes an answer first."""
+        if self.limit is None:
             return 0.0
-        wait = self._reset_at - now
-        answered = (self.limit or 0) - self._in_flight
-        if answered > 0 and len(self._answered) >= answered:
-            # The window frees a slot when its oldest entry ages out, usually well before the
-            # rounded-up `reset` the server announced.
-            oldest = self._answered[-answered]
-            wait = min(wait, oldest + self.WINDOW_S + self.MARGIN_S - now)
-        return max(0.0, wait)
+        free = self._free(now)
+        if free - self._held_by_others >= 1:
+            return 0.0
+        if free >= 1 and self._reset_at is not None:
+            return self._reset_at - now  # the rest is a neighbour's: the server's word decides
+        answered = self.limit - self._in_flight
+        if answered < 1:
+            return None
+        # Our slots free up as our answers age out of the window, oldest first.
+        return self._answered[-answered] + self.WINDOW_S + self.MARGIN_S - now
+
+    async def _next_answer(self, max_wait: float | None) -> None:
+        self._answer.clear()
+        try:
+            await asyncio.wait_for(self._answer.wait(), timeout=max_wait)
+        except TimeoutError:
+            raise LimiterWaitTooLong(max_wait or 0.0) from None
 
     def observe(self, response: httpx.Response | None) -> None:
         now = self._timing.monotonic()
-        # Every ended request counts as a slot taken at its end, answered or not: a request that
+        # Every ended request holds a slot until a window after its end, answered or not: one that
         # timed out may still have been counted by the server.
         self._in_flight = max(0, self._in_flight - 1)
         self._answered.append(now)
+        self._answer.set()
         if response is None:
             return
         headers = response.headers
+        limit = _int_header(headers, "ratelimit-limit")
+        if limit is not None and limit >= 1:
+            self.limit = limit
         remaining = _int_header(headers, "ratelimit-remaining")
         reset = _float_header(headers, "ratelimit-reset")
-        limit = _int_header(headers, "ratelimit-limit")
-        if limit is not None:
-            self.limit = limit
-        if remaining is None or reset is None:
+        if self.limit is None or remaining is None or reset is None:
             return
-        self._remaining = max(0, remaining - self._in_flight)
-        self._reset_at = now + max(0.0, reset)
-        self._next_at = now + self._interval(now)
+        # What the server has left below what our own log leaves: others' requests.
+        self._held_by_others = max(0, self._free(now) - remaining)
+        self._reset_at = now + reset if self._held_by_others else None
 
     def pause_for(self, seconds: float) -> None:
         self._blocked_until = max(self._blocked_until, self._timing.monotonic() + seconds)
@@ -535,7 +556,14 @@ class ApiCaller:
                     if (err.retry_after or 0) > self.retry.max_retry_wait_s
                     else None
                 )
-                await breaker.record_failure(err, probe=probe, open_for=waited_too_long)
+                if err.status == 429 and waited_too_long is None:
+                    # "Slow down for a second" is a healthy service pacing us (a neighbour on the
+                    # same key, or the previous run's window still full), which the limiter
+                    # handles: counted, a few of them would open the circuit on a working API.
+                    if probe:
+                        breaker.abandon_probe()
+                else:
+                    await breaker.record_failure(err, probe=probe, open_for=waited_too_long)
             raise
         except ApiError:
             # 404/422/401...: the service answered, so as far as the breaker goes it is up.

@@ -200,6 +200,28 @@ async def test_a_long_retry_after_opens_at_once_for_that_long(
     assert state.opened_until == clock.now() + timedelta(seconds=300)
 
 
+async def test_short_429s_do_not_open_the_circuit(api: respx.MockRouter, clock: FakeClock) -> None:
+    """A 429 asking for a second's pause is a working service pacing us (a neighbour on the key,
+    the previous run's window): however many, the circuit stays closed; one 500 still counts."""
+    api.get(VIDEO_PATH).respond(
+        429,
+        json={"success": False, "errors": [{"code": 971, "message": "wait"}], "result": None},
+        headers={"retry-after": "1"},
+    )
+    store = MemoryBreakerStore()
+    async with stream(max_attempts=1).client(breaker_store=store, timing=clock.timing()) as c:
+        for _ in range(10):
+            with pytest.raises(RetryableApiError):
+                await c.get_video("vid1")
+        assert c.calls == 10
+        assert c.breaker_snapshot()["state"] == "closed"
+        assert c.breaker_snapshot()["consecutive_failures"] == 0
+        api.get(VIDEO_PATH).mock(return_value=server_error())
+        with pytest.raises(RetryableApiError):
+            await c.get_video("vid1")
+        assert c.breaker_snapshot()["consecutive_failures"] == 1
+
+
 async def test_a_cancelled_probe_lets_the_next_call_probe(clock: FakeClock) -> None:
     store = MemoryBreakerStore()
     await store.save("svc", BreakerState("open", 3, clock.now(), "earlier"))

@@ -561,7 +561,8 @@ def test_job_delivers_every_valid_email_exactly_once_despite_500s_and_the_rate_l
     # One attempt per call: every 500 reaches the task (the client would otherwise retry it).
     res = resources(database_url, state_dir, max_attempts=1)
     # A failed batch waits 15-60 s, longer than a run lasts here: its retry is the next tick's.
-    # Between ticks the task's clock moves on a minute instead of the test sleeping.
+    # Between ticks the task's clock and Resend's (its rate-limit window) move on a minute instead
+    # of the test sleeping: back to back, a run would open on the last one's full window.
     offset = [0.0]
     monkeypatch.setattr(task, "now_utc", lambda: utcnow() + timedelta(seconds=offset[0]))
 
@@ -575,6 +576,7 @@ def test_job_delivers_every_valid_email_exactly_once_despite_500s_and_the_rate_l
         if not [r for r in rows.values() if r.status in ("pending", "failed", "sending")]:
             break
         offset[0] += 61
+        emulator.advance_clock(61)
     elapsed = time.perf_counter() - started
 
     rows, letters = run_async(_read(database_url))
