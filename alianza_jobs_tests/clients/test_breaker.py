@@ -62,6 +62,15 @@ def stream(**overrides: Any) -> CloudflareStream:
     return CloudflareStream(**settings)
 
 
+def rate_limited(retry_after: str) -> httpx.Response:
+    """Cloudflare's 429 (code 971) asking us to stay away ``retry_after`` seconds."""
+    return httpx.Response(
+        429,
+        json={"success": False, "errors": [{"code": 971, "message": "wait"}], "result": None},
+        headers={"retry-after": retry_after},
+    )
+
+
 def server_error() -> httpx.Response:
     return httpx.Response(
         500, json={"success": False, "errors": [{"code": 1, "message": "boom"}], "result": None}
@@ -185,11 +194,7 @@ async def test_permanent_item_errors_do_not_count(api: respx.MockRouter, clock: 
 async def test_a_long_retry_after_opens_at_once_for_that_long(
     api: respx.MockRouter, clock: FakeClock
 ) -> None:
-    api.get(VIDEO_PATH).respond(
-        429,
-        json={"success": False, "errors": [{"code": 971, "message": "wait"}], "result": None},
-        headers={"retry-after": "300"},
-    )
+    api.get(VIDEO_PATH).mock(return_value=rate_limited(retry_after="300"))
     store = MemoryBreakerStore()
     async with stream(max_attempts=3).client(breaker_store=store, timing=clock.timing()) as c:
         with pytest.raises(RetryableApiError):
@@ -203,11 +208,7 @@ async def test_a_long_retry_after_opens_at_once_for_that_long(
 async def test_short_429s_do_not_open_the_circuit(api: respx.MockRouter, clock: FakeClock) -> None:
     """A 429 asking for a second's pause is a working service pacing us (a neighbour on the key,
     the previous run's window): however many, the circuit stays closed; one 500 still counts."""
-    api.get(VIDEO_PATH).respond(
-        429,
-        json={"success": False, "errors": [{"code": 971, "message": "wait"}], "result": None},
-        headers={"retry-after": "1"},
-    )
+    api.get(VIDEO_PATH).mock(return_value=rate_limited(retry_after="1"))
     store = MemoryBreakerStore()
     async with stream(max_attempts=1).client(breaker_store=store, timing=clock.timing()) as c:
         for _ in range(10):
