@@ -51,7 +51,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import InstrumentedAttribute
 
-from alianza_jobs.core.logs import get_logger
+from alianza_jobs.core.logs import TaskLogger, get_logger
 from alianza_jobs.db.models import EmailQueue, Streaming
 from alianza_jobs.db.types import utcnow
 from alianza_jobs.resources.database import session_factory
@@ -147,6 +147,37 @@ async def release_rows(
     return released
 
 
+async def release_held(
+    engine: AsyncEngine, model: type[Q], *, owner: str, log: TaskLogger, done: str
+) -> int:
+    """Give back every row still leased to ``owner``, as it is; returns how many (0 on failure).
+
+    For a run that is ending, or being cancelled, and may hold rows it never saw (a claim that
+    committed as the cancellation landed): bounded by :data:`RELEASE_TIMEOUT_S`, and a database
+    that does not answer is logged, not raised, since the lease gives the rows back anyway.
+    ``done`` is the log message when rows were given back.
+    """
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(RELEASE_TIMEOUT_S):
+            released = await release_rows(engine, model, owner=owner)
+    except Exception as exc:
+        log.error(
+            "Could not give back leased rows; they return to the queue when their lease passes",
+            exc,
+            table=_table(model).name,
+        )
+        return 0
+    if released:
+        log.info(
+            done,
+            table=_table(model).name,
+            released=released,
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+    return released
+
+
 async def write_rows(
     engine: AsyncEngine,
     model: type[Q],
@@ -204,17 +235,7 @@ async def _update_from_arrays(
     rows: list[dict[str, Any]],
 ) -> list[int]:
     table = _table(model)
-    id_array = ARRAY(table.c.id.type)
-    owned_now = (
-        select(table.c.id)
-        .where(
-            table.c.id == any_(bindparam("owned_ids", [row["id"] for row in rows], type_=id_array)),
-            table.c.locked_by == owner,
-        )
-        .with_for_update()
-    )
-    owned = set((await conn.scalars(owned_now)).all())
-    rows = [row for row in rows if row["id"] in owned]
+    rows = await _lock_owned(conn, table, owner, rows)
     if not rows:
         return []
     # A column every row sets to the same value (the cleared lease, `checked_at = now`) is one
@@ -236,6 +257,26 @@ async def _update_from_arrays(
     return list((await conn.scalars(stmt)).all())
 
 
+async def _lock_owned(
+    conn: AsyncConnection, table: Table, owner: str, rows: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The rows ``owner`` still holds, locked until the transaction ends (FOR UPDATE; on SQLite
+    the write lock BEGIN IMMEDIATE took), so the write that follows needs no ownership filter."""
+    ids = [row["id"] for row in rows]
+    conditions: list[ColumnElement[bool]]
+    if conn.dialect.name == "postgresql":
+        # One array parameter: a constant statement, and an index scan on the primary key.
+        id_array = bindparam("owned_ids", ids, type_=ARRAY(table.c.id.type))
+        conditions = [table.c.id == any_(id_array)]
+    else:
+        conditions = [table.c.id.in_(chunk) for chunk in _chunks(ids, MAX_PARAMS_PER_STATEMENT)]
+    owned: set[int] = set()
+    for condition in conditions:
+        owned_now = select(table.c.id).where(condition, table.c.locked_by == owner)
+        owned.update((await conn.scalars(owned_now.with_for_update())).all())
+    return [row for row in rows if row["id"] in owned]
+
+
 async def _update_executemany(
     conn: AsyncConnection,
     model: type[Q],
@@ -244,12 +285,7 @@ async def _update_executemany(
     rows: list[dict[str, Any]],
 ) -> list[int]:
     table = _table(model)
-    owned: set[int] = set()
-    for chunk in _chunks([row["id"] for row in rows], MAX_PARAMS_PER_STATEMENT):
-        # FOR UPDATE keeps the answer true until the UPDATE (on SQLite the write lock does).
-        owned_now = select(table.c.id).where(table.c.id.in_(chunk), table.c.locked_by == owner)
-        owned.update((await conn.scalars(owned_now.with_for_update())).all())
-    mine = [row for row in rows if row["id"] in owned]
+    mine = await _lock_owned(conn, table, owner, rows)
     if not mine:
         return []
     stmt = (
@@ -415,6 +451,7 @@ __all__ = [
     "claim_rows",
     "held_by",
     "lease_is_free",
+    "release_held",
     "release_rows",
     "write_rows",
 ]

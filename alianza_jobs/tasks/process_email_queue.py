@@ -68,7 +68,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from alianza_jobs.core.logs import TaskLogger, get_logger
 from alianza_jobs.core.task import Retry, TaskReport, TaskSpec
 from alianza_jobs.db.breaker_store import DatabaseBreakerStore
-from alianza_jobs.db.claims import claim_rows, lease_is_free, release_rows
+from alianza_jobs.db.claims import RELEASE_TIMEOUT_S, claim_rows, lease_is_free, release_held
 from alianza_jobs.db.models import DeadLetter, DeadLetterSource, EmailQueue, EmailStatus
 from alianza_jobs.db.types import utcnow
 from alianza_jobs.resources.app import AppConfig
@@ -112,8 +112,6 @@ UNFINISHED = (EmailStatus.PENDING.value, EmailStatus.SENDING.value, EmailStatus.
 # A dead letter keeps the email, but not a 40 MB body twice: the row itself still has all of it.
 PAYLOAD_BODY_CHARS = 64 * 1024
 ERROR_CHARS = 2000
-# Giving rows back must not hang a cancelled op; past this their lease returns them.
-RELEASE_TIMEOUT_S = 15.0
 _TABLE = EmailQueue.__table__
 assert isinstance(_TABLE, Table)
 TABLE: Table = _TABLE
@@ -413,7 +411,15 @@ class EmailQueueRun:
             # Cancelled (the timeout, a failing sibling) or failed while claiming: the claim may
             # have committed without us seeing its rows. This worker's owner id holds nothing
             # else, so give back whatever it holds, as it was, rather than wait out the lease.
-            await self._release_owner(owner, log)
+            released = await release_held(
+                self.engine,
+                EmailQueue,
+                owner=owner,
+                log=log,
+                done="Gave back rows claimed as the run was interrupted",
+            )
+            if released:
+                self.report.add("restored", released)
             raise
         if batch is None:
             return False
@@ -757,19 +763,6 @@ class EmailQueueRun:
         batch.done |= written
         if counter is not None:
             self.report.add(counter, len(written))
-
-    async def _release_owner(self, owner: str, log: TaskLogger) -> None:
-        try:
-            async with asyncio.timeout(RELEASE_TIMEOUT_S):
-                released = await release_rows(self.engine, EmailQueue, owner=owner)
-        except Exception as exc:
-            log.error(
-                "Could not give rows back; they return to the queue when their lease passes", exc
-            )
-            return
-        if released:
-            self.report.add("restored", released)
-            log.info("Gave back rows claimed as the run was interrupted", released=released)
 
     async def _release_interrupted(
         self, batch: Batch, owner: str, log: TaskLogger, exc: BaseException

@@ -68,7 +68,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from alianza_jobs.core.logs import TaskLogger, get_logger
 from alianza_jobs.core.task import Retry, TaskReport, TaskSpec
 from alianza_jobs.db.breaker_store import DatabaseBreakerStore
-from alianza_jobs.db.claims import lease_is_free, release_rows, write_rows
+from alianza_jobs.db.claims import lease_is_free, release_held, release_rows, write_rows
 from alianza_jobs.db.models import DeadLetter, DeadLetterSource, Streaming, StreamingStatus
 from alianza_jobs.db.types import utcnow
 from alianza_jobs.resources.database import Database, read_only
@@ -114,7 +114,6 @@ NOT_FOUND_REASON = "not found in Cloudflare Stream (the video was deleted or nev
 STREAM_UID = re.compile(r"^[0-9a-f]{32}$")
 # The listing always gets a couple of pages, however few rows are queued.
 MIN_LISTING_PAGES = 2
-RELEASE_TIMEOUT_S = 15.0
 
 Outcome = Literal["ready", "error", "processing", "failed"]
 
@@ -344,28 +343,6 @@ async def lease_due_rows(
     async with engine.begin() as conn:
         result = await conn.execute(stmt)
     return int(result.rowcount or 0)
-
-
-async def release_leftovers(engine: AsyncEngine, owner: str, log: TaskLogger) -> int:
-    """Give back every row still leased to ``owner``; bounded, because it also runs while the op
-    is being cancelled and must not hang on a database that stopped answering."""
-    started = time.perf_counter()
-    try:
-        async with asyncio.timeout(RELEASE_TIMEOUT_S):
-            released = await release_rows(engine, Streaming, owner=owner)
-    except Exception as exc:
-        log.error(
-            "Could not give back leased rows; they return to the queue when their lease passes",
-            exc,
-        )
-        return 0
-    if released:
-        log.info(
-            "Gave back rows left for the next run",
-            released=released,
-            duration_ms=round((time.perf_counter() - started) * 1000, 1),
-        )
-    return released
 
 
 async def record_dead_letters(engine: AsyncEngine, letters: Sequence[Mapping[str, Any]]) -> int:
@@ -791,7 +768,7 @@ async def check_queued_videos(
         error: ApiError | None = None
         try:
             # Inside the try: a cancellation landing as the lease commits must still give the
-            # rows back (release_leftovers works from the owner id, not from what we saw).
+            # rows back (release_held works from the owner id, not from what we saw).
             leased = await lease_due_rows(
                 engine, owner=owner, lease=timedelta(seconds=config.lease_seconds)
             )
@@ -808,7 +785,9 @@ async def check_queued_videos(
             error = err
         finally:
             # Also on cancellation (the task timeout): what is still ours goes back now.
-            run.counts["deferred"] += await release_leftovers(engine, owner, log)
+            run.counts["deferred"] += await release_held(
+                engine, Streaming, owner=owner, log=log, done="Gave back rows left for the next run"
+            )
         if error is not None:
             run.counts["api_calls"] = api.calls
             log.error("Stopping: Stream cannot be asked now", error, **run.counts)
