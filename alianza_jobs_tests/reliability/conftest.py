@@ -13,6 +13,7 @@ import pytest
 from alianza_jobs_tests.observability.conftest import pushgateway  # noqa: F401
 from alianza_jobs_tests.reliability import results
 from alianza_jobs_tests.reliability.harness import (
+    Audit,
     EmulatorServer,
     Namespace,
     migrate,
@@ -53,6 +54,19 @@ class Outcomes:
         duplicated: int = 0,
     ) -> None:
         self.rows.append(results.Row(section, fault, runs, items, lost, duplicated))
+
+    def add_audit(
+        self, section: str, fault: str, *, runs: int, audit: Audit, also_lost: int = 0
+    ) -> None:
+        """``add`` with the counts of an :class:`Audit` (plus ``also_lost`` items it cannot see)."""
+        self.add(
+            section,
+            fault,
+            runs=runs,
+            items=audit.items,
+            lost=also_lost + len(audit.lost),
+            duplicated=len(audit.duplicated),
+        )
 
 
 @pytest.fixture(scope="session", autouse=True)

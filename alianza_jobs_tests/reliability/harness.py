@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import inspect
 import os
@@ -49,6 +50,7 @@ from alianza_jobs.resources.resend import ResendEmail
 from alianza_jobs.resources.stream import CloudflareStream
 from alianza_jobs.settings import ENV_VARIABLES
 from alianza_jobs.tasks.process_streaming_video_queue import NO_EXTERNAL_ID, NOT_FOUND_REASON
+from alianza_jobs_tests.e2e.harness import wait_for as e2e_wait_for
 from alianza_jobs_tests.observability.conftest import free_port
 from alianza_jobs_tests.reliability.hooks import (
     AppStatements,
@@ -77,20 +79,9 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
 # -- emulators on a loopback socket ------------------------------------------------------------------
 
 
-def wait_for(what: str, probe: Callable[[], T], *, timeout: float, interval: float = 0.1) -> T:
-    """Poll ``probe`` until it returns something truthy; fail naming ``what`` at the deadline.
-
-    (The e2e harness has the same helper; a local copy keeps this suite off a file another
-    engineer is still reshaping.)
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what} ({value!r})")
-        time.sleep(interval)  # the polling interval under the deadline above
+# The e2e suite's poll, at a shorter interval: here it watches local state (rows, emulator
+# counters, a child process), not a webserver.
+wait_for = functools.partial(e2e_wait_for, interval=0.1)
 
 
 @dataclass

@@ -130,13 +130,11 @@ def test_transient_faults_are_retried_within_the_call(
         result = run_in_process(job, pg_url, emulators, VIDEO_OP, VIDEO_CONFIG, stream=CLIENT)
         audit = run_async(audit_videos(pg_url, queue))
     served = statuses(emulators, SERVICE[service])
-    outcome.add(
+    outcome.add_audit(
         "api",
         f"{fault}, seeded bursts ({service})",
         runs=1,
-        items=audit.items,
-        lost=len(audit.lost),
-        duplicated=len(audit.duplicated),
+        audit=audit,
     )
     # One attempt of the op: the client's retries absorbed every burst within the task's timeout.
     assert result.success, failure_of(result, EMAIL_OP if service == "resend" else VIDEO_OP)
@@ -150,13 +148,11 @@ def test_transient_faults_are_retried_within_the_call(
     if "slow_rate" in knobs and service == "resend":
         # The retry met the first send still in flight: 409, then the cached answer.
         assert served[409] >= 1
-        outcome.add(
+        outcome.add_audit(
             "api",
             "Resend 409 concurrent_idempotent_requests (retry while the first send is in flight)",
             runs=1,
-            items=audit.items,
-            lost=len(audit.lost),
-            duplicated=len(audit.duplicated),
+            audit=audit,
         )
 
 
@@ -201,13 +197,11 @@ def test_a_429_storm_from_a_neighbour_sharing_resends_limit(
         assert result.success
         stopped = metadata_of(result, EMAIL_OP)["stopped"]
     audit = run_async(audit_emails(pg_url, emulators.resend, queue))
-    outcome.add(
+    outcome.add_audit(
         "api",
         "429 storm with retry-after (a neighbour on the same Resend key)",
         runs=runs,
-        items=audit.items,
-        lost=len(audit.lost),
-        duplicated=len(audit.duplicated),
+        audit=audit,
     )
     assert audit.ok(), audit.explain()
 
@@ -226,13 +220,11 @@ def test_cloudflare_429_penalty_shorter_than_a_call_may_wait_is_waited_out(
         job, pg_url, emulators, VIDEO_OP, VIDEO_CONFIG, stream={"max_attempts": 6}
     )
     audit = run_async(audit_videos(pg_url, queue))
-    outcome.add(
+    outcome.add_audit(
         "api",
         "Cloudflare 429 storm, retry-after within the call's wait (stream)",
         runs=1,
-        items=audit.items,
-        lost=len(audit.lost),
-        duplicated=len(audit.duplicated),
+        audit=audit,
     )
     assert result.success, failure_of(result, VIDEO_OP)
     assert retries_of(result) == 0
@@ -303,13 +295,11 @@ def test_cloudflare_five_minute_penalty_opens_the_breaker_at_once(
     emulators.stream.configure(rate_limit_requests=1200)
     result = run_in_process(job, pg_url, emulators, VIDEO_OP, VIDEO_CONFIG)
     audit = run_async(audit_videos(pg_url, queue))
-    outcome.add(
+    outcome.add_audit(
         "api",
         "Cloudflare 429 with its real 300 s retry-after: breaker opens at once (stream)",
         runs=3,
-        items=audit.items,
-        lost=len(audit.lost),
-        duplicated=len(audit.duplicated),
+        audit=audit,
     )
     assert result.success, failure_of(result, VIDEO_OP)
     assert audit.ok(), audit.explain()
@@ -364,13 +354,11 @@ def test_a_sustained_outage_opens_the_breaker_and_a_probe_closes_it(
         audit = run_async(audit_emails(pg_url, emulators.resend, queue))
     else:
         audit = run_async(audit_videos(pg_url, queue))
-    outcome.add(
+    outcome.add_audit(
         "api",
         f"sustained 503 outage: breaker opens, fails fast, probe closes it ({service})",
         runs=3,
-        items=audit.items,
-        lost=len(audit.lost),
-        duplicated=len(audit.duplicated),
+        audit=audit,
     )
     assert audit.ok(), audit.explain()
 
@@ -474,13 +462,11 @@ def test_auth_revoked_mid_run_fails_once_clearly_and_alerts(
         audit = run_async(audit_emails(pg_url, emulators.resend, queue))
     else:
         audit = run_async(audit_videos(pg_url, queue))
-    outcome.add(
+    outcome.add_audit(
         "api",
         f"auth revoked mid-run ({expected.split()[1]}): fails once, alerts ({service})",
         runs=2,
-        items=audit.items,
-        lost=len(audit.lost),
-        duplicated=len(audit.duplicated),
+        audit=audit,
     )
     assert audit.ok(), audit.explain()
 

@@ -112,13 +112,11 @@ def test_two_runs_of_one_job_at_once(
         audit = run_async(audit_emails(pg_url, emulators.resend, work))
     else:
         audit = run_async(audit_videos(pg_url, work))
-    outcome.add(
+    outcome.add_audit(
         "concurrency",
         f"two `alianza-jobs run {job}` at once, past the schedule guard (Postgres)",
         runs=2,
-        items=audit.items,
-        lost=len(audit.lost),
-        duplicated=len(audit.duplicated),
+        audit=audit,
     )
     # Every item was taken by exactly one of the runs.
     assert sum(c["processed"] for c in counters) == audit.items, counters
@@ -185,13 +183,11 @@ def test_a_manual_run_during_a_scheduled_one(
     assert runs["manual"].tags[TAG_TRIGGER] == "cli"
     sent = [materialized(instance, run.run_id)["sent"] for run in runs.values() if run is not None]
     audit = run_async(audit_emails(pg_url, emulators.resend, work))
-    outcome.add(
+    outcome.add_audit(
         "concurrency",
         "a manual run during a scheduled one (trigger --cron + run, email queue)",
         runs=2,
-        items=audit.items,
-        lost=len(audit.lost),
-        duplicated=len(audit.duplicated),
+        audit=audit,
     )
     assert sum(sent) == len(work.valid) and all(n > 0 for n in sent), sent
     assert audit.ok(), audit.explain()

@@ -223,14 +223,12 @@ def recover(run: Campaign, seed: int, outcome: Outcomes) -> None:
     else:
         assert isinstance(killed.queue, VideoQueueSeed)
         audit = run_async(audit_videos(killed.url, killed.queue))
-    outcome.add(
+    outcome.add_audit(
         "crash",
         f"SIGKILL of `alianza-jobs run {run.job}` at a seeded point, then a run after the lease "
         "(Postgres)",
         runs=2,
-        items=audit.items,
-        lost=len(audit.lost),
-        duplicated=len(audit.duplicated),
+        audit=audit,
     )
     print(f"\n{run.job} seed {seed}: killed at {killed.point}, left {killed.state_after_kill}")
     assert result.success

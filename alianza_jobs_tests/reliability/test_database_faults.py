@@ -107,13 +107,11 @@ def test_connection_terminated_mid_batch(
         audit = run_async(audit_emails(pg_url, emulators.resend, work))
     else:
         audit = run_async(audit_videos(pg_url, work))
-    outcome.add(
+    outcome.add_audit(
         "database",
         f"pg_terminate_backend mid-batch, seeded statement ({queue} queue, Postgres)",
         runs=runs,
-        items=audit.items,
-        lost=len(audit.lost),
-        duplicated=len(audit.duplicated),
+        audit=audit,
     )
     # The attempt that lost its connection failed with the driver's error, and was retried.
     assert first.success, failure_of(first, op)
@@ -187,13 +185,11 @@ def test_postgres_restarted_between_runs(
         wait_for_leases(pg_url, EmailQueue, timeout=30)
         run = run_in_process(email_task.job, pg_url, emulators, *EMAIL)
     audit = run_async(audit_emails(pg_url, emulators.resend, emails))
-    outcome.add(
+    outcome.add_audit(
         "database",
         "Postgres restarted between a SIGKILLed run and the next (email queue)",
         runs=2,
-        items=audit.items,
-        lost=len(audit.lost),
-        duplicated=len(audit.duplicated),
+        audit=audit,
     )
     assert run.success, failure_of(run, EMAIL[0])
     assert audit.ok(), audit.explain()
@@ -253,14 +249,12 @@ def test_sqlite_locked_by_another_writer(
         audit = run_async(audit_emails(sqlite_url, emulators.resend, work))
     else:
         audit = run_async(audit_videos(sqlite_url, work))
-    outcome.add(
+    outcome.add_audit(
         "database",
         f"SQLite write lock held {hold_s:g} s by another process "
         f"({'longer' if hold_s > 1.5 else 'shorter'} than the busy timeout, {queue} queue)",
         runs=runs,
-        items=audit.items,
-        lost=len(audit.lost),
-        duplicated=len(audit.duplicated),
+        audit=audit,
     )
     if hold_s <= 1.5:
         assert first.success, failure_of(first, op)  # waited for the lock, then went on

@@ -148,13 +148,11 @@ def test_a_batch_of_hostile_emails(pg_url: str, emulators: Namespace, outcome: O
     assert result.success
     meta = metadata_of(result, "send_due_emails")
     audit = run_async(audit_emails(pg_url, emulators.resend, EmailQueueSeed(valid, dead)))
-    outcome.add(
+    outcome.add_audit(
         "input",
         "hostile emails in one batch: bad/IDN addresses, CR/LF headers, 10 MB body",
         runs=1,
-        items=audit.items,
-        lost=len(audit.lost),
-        duplicated=len(audit.duplicated),
+        audit=audit,
     )
     assert audit.ok(), audit.explain()
     assert (meta["sent"], meta["dead_invalid"], meta["dead_refused"]) == (
@@ -307,14 +305,12 @@ def test_a_batch_of_hostile_videos(pg_url: str, outcome: Outcomes) -> None:
         ):
             audit.lost.append(f"{name}: {got} {row['error_reason']!r}")
     audit.duplicated += [f"row {i}: {n} dead letters" for i, n in letters.items() if n > 1]
-    outcome.add(
+    outcome.add_audit(
         "input",
         "hostile videos: NULL/blank/duplicate/path-like ids, duration -1 or text, unknown "
         "state and provider, no status",
         runs=2,
-        items=audit.items,
-        lost=len(audit.lost),
-        duplicated=len(audit.duplicated),
+        audit=audit,
     )
     assert audit.ok(), audit.explain()
     assert dict(letters) == {ids[5]: 1}  # the malformed one, once

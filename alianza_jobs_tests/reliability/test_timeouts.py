@@ -93,13 +93,11 @@ def test_video_task_stuck_on_the_listing(
     )
 
     audit = run_async(audit_videos(pg_url, queue))
-    outcome.add(
+    outcome.add_audit(
         "timeouts",
         "stuck on an API call: cancelled at the timeout, rows given back, retried (stream)",
         runs=1,
-        items=audit.items,
-        lost=len(audit.lost),
-        duplicated=len(audit.duplicated),
+        audit=audit,
     )
     assert result.success
     assert retries_of(result) == 1
@@ -151,14 +149,12 @@ def test_email_task_stuck_on_a_send(
     )
 
     audit = run_async(audit_emails(pg_url, emulators.resend, queue))
-    outcome.add(
+    outcome.add_audit(
         "timeouts",
         "stuck on a send: cancelled, key kept, retried under the same key "
         f"({'delivered after the timeout' if processed else 'never processed'}) (resend)",
         runs=1,
-        items=audit.items,
-        lost=len(audit.lost),
-        duplicated=len(audit.duplicated),
+        audit=audit,
     )
     assert result.success, failure_of(result, "send_due_emails")
     assert retries_of(result) == 1
@@ -226,13 +222,12 @@ def test_cancelled_just_as_the_claim_commits(
         audit = run_async(audit_emails(pg_url, emulators.resend, work))
     else:
         audit = run_async(audit_videos(pg_url, work))
-    outcome.add(
+    outcome.add_audit(
         "timeouts",
         f"cancelled just as the claim committed: rows given back at once ({queue} queue)",
         runs=2,
-        items=audit.items,
-        lost=len(leased) + len(audit.lost),
-        duplicated=len(audit.duplicated),
+        audit=audit,
+        also_lost=len(leased),
     )
     assert not leased, f"{len(leased)} rows left leased by a cancelled attempt"
     assert audit.ok(), audit.explain()
