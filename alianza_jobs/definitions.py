@@ -1,50 +1,36 @@
-"""The code location: every task's job and schedule, the asset catalog, sensors and resources.
+"""The code location: every domain's definitions under ``defs/``, merged, with the resources.
 
-Each task lives in ``alianza_jobs/tasks/<job name>.py`` and exports ``TASK`` (its TaskSpec: cron,
-timeout, retries), ``job``, and optionally ``assets`` / ``asset_checks``. To add a task, copy a module
-there and list it in ``TASKS`` below.
+One folder per domain (``defs/emails``, ``defs/videos``, ...) holds its jobs, schedules, sensors,
+assets and logic; its ``definitions.py`` says what it contributes. To add a task, copy a task
+module within its domain (or a domain folder), and list the new domain here.
 """
 
 from __future__ import annotations
 
-from types import ModuleType
+import dagster as dg
 
-from dagster import Definitions
-
-from alianza_jobs.assets import SERVICES, TABLES
-from alianza_jobs.core.task import check_cron_overrides
+from alianza_jobs.defs.alerts import definitions as alerts
+from alianza_jobs.defs.dead_letters import definitions as dead_letters
+from alianza_jobs.defs.emails import definitions as emails
+from alianza_jobs.defs.health import definitions as health
+from alianza_jobs.defs.reports import definitions as reports
+from alianza_jobs.defs.sessions import definitions as sessions
+from alianza_jobs.defs.videos import definitions as videos
+from alianza_jobs.platform.task import check_cron_overrides
 from alianza_jobs.resources import build_resources
-from alianza_jobs.sensors.alerts import sensors as alert_sensors
-from alianza_jobs.settings import load_settings
-from alianza_jobs.tasks import (
-    cleanup_expired_sessions,
-    daily_report,
-    health_check,
-    process_email_queue,
-    process_streaming_video_queue,
-    replay_dead_letters,
-    sync_stream_catalog,
-)
+from alianza_jobs.settings import Settings, load_settings
+
+DOMAINS = (videos, emails, health, sessions, reports, dead_letters, alerts)
+
+
+def build_defs(settings: Settings) -> dg.Definitions:
+    merged = dg.Definitions.merge(
+        *(domain.build_defs(settings) for domain in DOMAINS),
+        dg.Definitions(resources=build_resources(settings)),
+    )
+    check_cron_overrides(settings, [job.name for job in merged.jobs or []])
+    return merged
+
 
 settings = load_settings()
-
-TASKS: list[ModuleType] = [
-    process_streaming_video_queue,
-    process_email_queue,
-    health_check,
-    sync_stream_catalog,
-    cleanup_expired_sessions,
-    daily_report,
-    replay_dead_letters,
-]
-
-check_cron_overrides(settings, [task.TASK for task in TASKS])
-
-defs = Definitions(
-    assets=[*TABLES, *SERVICES, *(a for task in TASKS for a in getattr(task, "assets", []))],
-    asset_checks=[c for task in TASKS for c in getattr(task, "asset_checks", [])],
-    jobs=[task.job for task in TASKS],
-    schedules=[s for task in TASKS if (s := task.TASK.schedule(task.job, settings)) is not None],
-    sensors=alert_sensors,
-    resources=build_resources(settings),
-)
+defs = build_defs(settings)

@@ -4,7 +4,7 @@ From ``/work/shared/seed/jobs-package.md``: ``processStreamingVideoQueue``, ``pr
 ``cleanupExpiredSessions``. Same shape as the TypeScript: load the rows (``findMany``), then one
 sequential loop with one request and one statement per row, each statement its own transaction
 (Drizzle outside ``db.transaction`` autocommits), a child logger per item. Same database, same
-engine settings (``alianza_jobs.resources.database.create_engine``: WAL, busy timeout), same
+engine settings (``alianza_jobs.db.engine.create_engine``: WAL, busy timeout), same
 emulator on the same socket as our jobs.
 
 Where the seed leaves something out, the baseline gets the benefit of the doubt, so every ratio
@@ -311,7 +311,7 @@ def http_client(base_url: str, token: str) -> httpx.AsyncClient:
 
 async def run(task: str, *, database_url: str, env: dict[str, str]) -> tuple[Counters, float]:
     """Run one baseline task against ``database_url``; returns its counters and wall seconds."""
-    from alianza_jobs.resources.database import create_engine
+    from alianza_jobs.db.engine import create_engine
 
     logger = SeedLogger()
     started = time.perf_counter()

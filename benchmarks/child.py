@@ -85,20 +85,9 @@ def run_ours(job_name: str, run_config: dict[str, Any]) -> dict[str, Any]:
     import_started = time.perf_counter()
     from dagster import DagsterEventType, DagsterInstance
 
-    from alianza_jobs.resources import build_resources
-    from alianza_jobs.settings import load_settings
-
     definitions = importlib.import_module("alianza_jobs.definitions")
-    defs = definitions.defs
-    job_names = {j.name for j in defs.resolve_all_job_defs()}
-    if job_name in job_names:
-        job = defs.resolve_job_def(job_name)
-        resources: dict[str, Any] | None = None
-        via = "code location"
-    else:
-        job = importlib.import_module(f"alianza_jobs.tasks.{job_name}").job
-        resources = build_resources(load_settings())
-        via = "task module (not registered in the code location)"
+    job = definitions.defs.resolve_job_def(job_name)
+    via = "code location"
     instance = DagsterInstance.get()
     import_s = time.perf_counter() - import_started
     rss_before = _rss_mb()
@@ -108,7 +97,6 @@ def run_ours(job_name: str, run_config: dict[str, Any]) -> dict[str, Any]:
         result = job.execute_in_process(
             run_config=run_config or None,
             instance=instance,
-            resources=resources,
             raise_on_error=False,
         )
     wall_s = time.perf_counter() - started

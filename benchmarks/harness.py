@@ -44,7 +44,7 @@ from psycopg import sql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from alianza_jobs.db import migrate
-from alianza_jobs.resources.database import create_engine
+from alianza_jobs.db.engine import create_engine
 from alianza_jobs.settings import ENV_VARIABLES
 
 REPO = Path(__file__).resolve().parents[1]

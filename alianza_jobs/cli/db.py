@@ -13,12 +13,12 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from alianza_jobs.core.redaction import redact
 from alianza_jobs.db import migrate
 from alianza_jobs.db.demo import has_users, seed_demo
+from alianza_jobs.db.engine import create_engine
 from alianza_jobs.emulators import StreamEmulator, VideoSpec
+from alianza_jobs.redaction import redact
 from alianza_jobs.resources import emulator_state_dir
-from alianza_jobs.resources.database import create_engine
 from alianza_jobs.settings import SettingsError, load_settings, mask_url
 
 T = TypeVar("T")

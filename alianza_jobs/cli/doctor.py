@@ -16,7 +16,7 @@ in order:
   ``health_check`` job's probes (a sending-only Resend key passes: it is the safe kind to deploy).
 
 Each line is ``ok`` or ``FAIL``, the check and a detail. Any failure exits 1. Secrets never appear:
-errors are passed through :func:`~alianza_jobs.core.redaction.redact` and URLs are shown masked.
+errors are passed through :func:`~alianza_jobs.redaction.redact` and URLs are shown masked.
 A check whose prerequisite failed is reported as failed ("not checked: ..."), because readiness was
 not shown.
 """
@@ -43,8 +43,8 @@ from dagster_shared.error import SerializableErrorInfo
 from sqlalchemy.engine import make_url
 
 from alianza_jobs.cli.runs import load_defs
-from alianza_jobs.core.instance import get_instance
-from alianza_jobs.core.redaction import redact, secret_values
+from alianza_jobs.platform.instance import get_instance
+from alianza_jobs.redaction import redact, secret_values
 from alianza_jobs.settings import (
     REQUIRED_OUTSIDE_LOCAL,
     Environment,
@@ -225,8 +225,8 @@ Describe = Callable[[dict[str, Any], float], str]
 def _service_probes(settings: Settings) -> dict[str, tuple[ProbeFn, Describe]]:
     # The health_check job's own probes, so "healthy" means one thing in the UI and here. Imported
     # here: they pull in the task's asset checks, which only this part of the doctor needs.
+    from alianza_jobs.defs.health.health_check import probe_database, probe_resend, probe_stream
     from alianza_jobs.resources import build_resources
-    from alianza_jobs.tasks.health_check import probe_database, probe_resend, probe_stream
 
     # Resolve EnvVar-backed config the way a run does: the probes need the values.
     resources = {
@@ -279,7 +279,7 @@ def _require_sqlite_file(url: str) -> None:
 
 
 async def _probe(ctx: _Context, name: str, probe: ProbeFn, describe: Describe) -> CheckResult:
-    from alianza_jobs.tasks.health_check import measure
+    from alianza_jobs.defs.health.health_check import measure
 
     result = await measure(name, probe, timeout_s=ctx.timeout_s, secrets=ctx.secrets)
     if result.ok:

@@ -27,9 +27,9 @@ from dagster import (
     execute_job,
 )
 
-from alianza_jobs.core.instance import get_instance
-from alianza_jobs.core.results import JobResult, Summary, job_result
-from alianza_jobs.core.task import (
+from alianza_jobs.platform.instance import get_instance
+from alianza_jobs.platform.results import JobResult, Summary, job_result
+from alianza_jobs.platform.task import (
     MAX_RUNTIME_TAG,
     TAG_CRON,
     TAG_RETRIES,

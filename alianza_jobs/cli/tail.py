@@ -19,8 +19,8 @@ from typing import Any
 import click
 from dagster import DagsterInstance, DagsterRun, EventLogRecord, RunsFilter
 
-from alianza_jobs.core.instance import get_instance
-from alianza_jobs.core.logs import parse_logfmt_suffix
+from alianza_jobs.logs import parse_logfmt_suffix
+from alianza_jobs.platform.instance import get_instance
 
 LEVELS = {
     "debug": logging.DEBUG,

@@ -12,9 +12,9 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from alianza_jobs.clients.breaker import BreakerState
 from alianza_jobs.db.models import CircuitBreaker
 from alianza_jobs.db.types import utcnow
-from alianza_jobs.resources.breaker import BreakerState
 
 
 class DatabaseBreakerStore:

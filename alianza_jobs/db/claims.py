@@ -51,10 +51,10 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.orm import InstrumentedAttribute
 
-from alianza_jobs.core.logs import TaskLogger, get_logger
+from alianza_jobs.db.engine import session_factory
 from alianza_jobs.db.models import EmailQueue, Streaming
 from alianza_jobs.db.types import utcnow
-from alianza_jobs.resources.database import session_factory
+from alianza_jobs.logs import TaskLogger, get_logger
 
 Q = TypeVar("Q", Streaming, EmailQueue)
 

@@ -31,8 +31,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
+from alianza_jobs.db.engine import create_engine
 from alianza_jobs.db.models import metadata
-from alianza_jobs.resources.database import create_engine
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # pg_advisory_xact_lock key: any constant nobody else uses; this is "alianzaM" as a big-endian int64.

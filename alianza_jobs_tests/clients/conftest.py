@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from alianza_jobs.core.logs import STDERR_LOGGER_NAME
-from alianza_jobs.resources.http import Timing
+from alianza_jobs.clients.http import Timing
+from alianza_jobs.logs import STDERR_LOGGER_NAME
 
 START = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 # Sentinel secrets: tests assert they never show up in an exception or a log line.

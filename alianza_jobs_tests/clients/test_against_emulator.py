@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from alianza_jobs.clients.http import PermanentApiError
+from alianza_jobs.clients.resend import OutgoingEmail, idempotency_key_for
+from alianza_jobs.clients.stream import STREAM_STATES
 from alianza_jobs.emulators import EMULATOR_ACCOUNT_ID, ResendEmulator, StreamEmulator
-from alianza_jobs.resources.http import PermanentApiError
-from alianza_jobs.resources.resend import OutgoingEmail, ResendEmail, idempotency_key_for
-from alianza_jobs.resources.stream import STREAM_STATES, CloudflareStream
+from alianza_jobs.resources import CloudflareStream, ResendEmail
 from alianza_jobs_tests.emulators.conftest import start_emulate, stop
 
 TOKEN = "emulator-token"

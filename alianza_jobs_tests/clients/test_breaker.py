@@ -13,22 +13,22 @@ import httpx
 import pytest
 import respx
 
-from alianza_jobs.resources.breaker import (
+from alianza_jobs.clients.breaker import (
     BreakerState,
     CircuitBreaker,
     CircuitOpenError,
     FileBreakerStore,
     MemoryBreakerStore,
 )
-from alianza_jobs.resources.http import (
+from alianza_jobs.clients.http import (
     ClientRateLimitedError,
     FatalApiError,
     PermanentApiError,
     RetryableApiError,
     dagster_failure,
 )
-from alianza_jobs.resources.resend import OutgoingEmail, ResendEmail
-from alianza_jobs.resources.stream import CloudflareStream
+from alianza_jobs.clients.resend import OutgoingEmail
+from alianza_jobs.resources import CloudflareStream, ResendEmail
 from alianza_jobs_tests.clients.conftest import RESEND_KEY, STREAM_TOKEN, FakeClock, LogCapture
 
 BASE = "https://cf.test/client/v4"

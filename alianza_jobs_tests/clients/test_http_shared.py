@@ -10,7 +10,7 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from alianza_jobs.resources.http import (
+from alianza_jobs.clients.http import (
     ApiError,
     CircuitOpenError,
     HeaderRateLimiter,

@@ -14,19 +14,15 @@ import httpx
 import pytest
 import respx
 
-from alianza_jobs.resources.http import (
+from alianza_jobs.clients.http import (
     ApiError,
     FatalApiError,
     HeaderRateLimiter,
     PermanentApiError,
     RetryableApiError,
 )
-from alianza_jobs.resources.resend import (
-    OutgoingEmail,
-    ResendClient,
-    ResendEmail,
-    idempotency_key_for,
-)
+from alianza_jobs.clients.resend import OutgoingEmail, ResendClient, idempotency_key_for
+from alianza_jobs.resources import ResendEmail
 from alianza_jobs_tests.clients.conftest import RESEND_KEY, FakeClock, LogCapture
 
 BASE = "https://resend.test"

@@ -12,14 +12,15 @@ import httpx
 import pytest
 import respx
 
-from alianza_jobs.resources.http import (
+from alianza_jobs.clients.http import (
     ApiError,
     ClientRateLimitedError,
     FatalApiError,
     PermanentApiError,
     RetryableApiError,
 )
-from alianza_jobs.resources.stream import CloudflareStream, StreamClient, parse_video
+from alianza_jobs.clients.stream import StreamClient, parse_video
+from alianza_jobs.resources import CloudflareStream
 from alianza_jobs_tests.clients.conftest import STREAM_TOKEN, FakeClock, LogCapture
 
 BASE = "https://cf.test/client/v4"

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from alianza_jobs.resources.webhooks import (
+from alianza_jobs.clients.webhooks import (
     WebhookVerificationError,
     sign_stream_webhook,
     stream_signature,

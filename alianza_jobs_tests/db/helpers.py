@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from alianza_jobs.db import migrate
-from alianza_jobs.resources.database import create_engine
+from alianza_jobs.db.engine import create_engine
 
 T = TypeVar("T")
 

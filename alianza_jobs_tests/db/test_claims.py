@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from alianza_jobs.db import claims
 from alianza_jobs.db.claims import claim, claim_rows, release_rows, write_rows
+from alianza_jobs.db.engine import create_engine
 from alianza_jobs.db.models import EmailQueue, EmailStatus, Streaming, StreamingStatus
-from alianza_jobs.resources.database import create_engine
 from alianza_jobs_tests.conftest import REPO
 from alianza_jobs_tests.db.helpers import count, migrated_engine, poll
 
@@ -126,7 +126,7 @@ CLAIMER = textwrap.dedent(
     from datetime import timedelta
     from alianza_jobs.db.claims import claim_rows
     from alianza_jobs.db.models import Streaming
-    from alianza_jobs.resources.database import create_engine
+    from alianza_jobs.db.engine import create_engine
 
     async def main() -> None:
         engine = create_engine(sys.argv[1])

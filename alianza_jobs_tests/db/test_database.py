@@ -12,14 +12,14 @@ from sqlalchemy import event, insert, select, text, update
 from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from alianza_jobs.db.models import EmailQueue, Streaming, User
-from alianza_jobs.resources.database import (
+from alianza_jobs.db.engine import (
     APPLICATION_NAME,
     SQLITE_BUSY_TIMEOUT_MS,
-    Database,
     create_engine,
     read_only,
 )
+from alianza_jobs.db.models import EmailQueue, Streaming, User
+from alianza_jobs.resources import Database
 from alianza_jobs_tests.db.helpers import migrated_engine
 
 

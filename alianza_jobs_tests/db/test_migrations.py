@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from alianza_jobs.cli import cli
 from alianza_jobs.db import migrate
+from alianza_jobs.db.engine import create_engine
 from alianza_jobs.db.models import metadata
-from alianza_jobs.resources.database import create_engine
 
 APP_TABLES = set(metadata.tables)
 DDL_PREFIXES = ("CREATE", "ALTER", "DROP")

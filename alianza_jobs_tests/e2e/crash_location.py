@@ -14,7 +14,7 @@ from datetime import timedelta
 
 from dagster import Definitions, OpExecutionContext
 
-from alianza_jobs.core.task import TaskReport, TaskSpec
+from alianza_jobs.platform.task import TaskReport, TaskSpec
 from alianza_jobs_tests.e2e.state import state_dir
 
 CRASH_VICTIM = TaskSpec(

@@ -20,7 +20,7 @@ from datetime import timedelta
 from dagster import Definitions, JobDefinition, OpExecutionContext
 
 from alianza_jobs import definitions as real
-from alianza_jobs.core.task import TaskReport, TaskSpec
+from alianza_jobs.platform.task import TaskReport, TaskSpec
 from alianza_jobs.resources import build_resources
 from alianza_jobs_tests.e2e.state import state_dir
 
@@ -66,10 +66,10 @@ async def hold_until_released(context: OpExecutionContext) -> TaskReport:
 
 slow_tick_job = SLOW_TICK.job(hold_until_released)
 
-_real_jobs = {task.TASK.name for task in real.TASKS}
+_real_jobs = {job.name for job in real.defs.jobs or []}
 _jobs: list[JobDefinition] = [slow_tick_job]
 if "process_email_queue" not in _real_jobs:
-    from alianza_jobs.tasks import process_email_queue
+    from alianza_jobs.defs.emails import process_email_queue
 
     _jobs.append(process_email_queue.job)
 

@@ -17,7 +17,7 @@ import yaml
 from dagster import DagsterInstance, asset, materialize
 from dagster._core.run_coordinator import QueuedRunCoordinator
 
-from alianza_jobs.core.redaction import SECRET_ENV_VARS
+from alianza_jobs.redaction import SECRET_ENV_VARS
 from alianza_jobs.settings import REQUIRED_OUTSIDE_LOCAL
 from alianza_jobs_tests.e2e.harness import (
     BIN,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 # The real Pushgateway fixture of the metrics tests, for the secrets test to search.
-from alianza_jobs_tests.observability.conftest import pushgateway  # noqa: F401
+from alianza_jobs_tests.platform.conftest import pushgateway  # noqa: F401
 from alianza_jobs_tests.reliability import results
 from alianza_jobs_tests.reliability.harness import (
     Audit,

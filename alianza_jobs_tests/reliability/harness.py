@@ -40,25 +40,23 @@ from dagster import (
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from alianza_jobs.core.task import Retry, TaskSpec
 from alianza_jobs.db import migrate as migrations
+from alianza_jobs.db.engine import create_engine
 from alianza_jobs.db.models import DeadLetter, EmailQueue, Streaming
+from alianza_jobs.defs.videos.process_streaming_video_queue import NO_EXTERNAL_ID, NOT_FOUND_REASON
 from alianza_jobs.emulators import EmulatorControl, ResendEmulator, StreamEmulator, VideoSpec
-from alianza_jobs.resources.app import AppConfig
-from alianza_jobs.resources.database import Database, create_engine
-from alianza_jobs.resources.resend import ResendEmail
-from alianza_jobs.resources.stream import CloudflareStream
+from alianza_jobs.platform.task import Retry, TaskSpec
+from alianza_jobs.resources import AppConfig, CloudflareStream, Database, ResendEmail
 from alianza_jobs.settings import ENV_VARIABLES
-from alianza_jobs.tasks.process_streaming_video_queue import NO_EXTERNAL_ID, NOT_FOUND_REASON
+from alianza_jobs_tests.defs.emails.fixtures import add_emails
+from alianza_jobs_tests.defs.videos.fixtures import insert_streamings, uid_for
 from alianza_jobs_tests.e2e.harness import wait_for as e2e_wait_for
-from alianza_jobs_tests.observability.conftest import free_port
+from alianza_jobs_tests.platform.conftest import free_port
 from alianza_jobs_tests.reliability.hooks import (
     AppStatements,
     HttpCounter,
     database_name,
 )
-from alianza_jobs_tests.tasks.email_fixtures import add_emails
-from alianza_jobs_tests.tasks.stream_fixtures import insert_streamings, uid_for
 
 T = TypeVar("T")
 

@@ -35,13 +35,12 @@ from dagster import (
 from sqlalchemy import select, update
 
 from alianza_jobs.db.models import CircuitBreaker, EmailQueue
+from alianza_jobs.defs.alerts.sensors import alert_on_run_failure
+from alianza_jobs.defs.emails import process_email_queue as email_task
+from alianza_jobs.defs.videos import process_streaming_video_queue as video_task
 from alianza_jobs.emulators.config import FaultSettings, ResendSettings, StreamSettings
 from alianza_jobs.emulators.faults import FaultKind, plan_faults
-from alianza_jobs.resources.app import AppConfig
-from alianza_jobs.resources.database import Database
-from alianza_jobs.sensors.alerts import alert_on_run_failure
-from alianza_jobs.tasks import process_email_queue as email_task
-from alianza_jobs.tasks import process_streaming_video_queue as video_task
+from alianza_jobs.resources import AppConfig, Database
 from alianza_jobs_tests.reliability.conftest import Outcomes
 from alianza_jobs_tests.reliability.harness import (
     RESEND_KEY,

@@ -29,7 +29,8 @@ import yaml
 from dagster import DagsterInstance
 
 from alianza_jobs.db.models import EmailQueue, Streaming
-from alianza_jobs.tasks import process_email_queue, process_streaming_video_queue
+from alianza_jobs.defs.emails import process_email_queue
+from alianza_jobs.defs.videos import process_streaming_video_queue
 from alianza_jobs_tests.reliability.conftest import Outcomes
 from alianza_jobs_tests.reliability.harness import (
     CRASHSITE,

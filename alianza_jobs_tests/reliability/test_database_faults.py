@@ -26,10 +26,10 @@ from typing import Any
 import psycopg
 import pytest
 
+from alianza_jobs.db import engine as database_module
 from alianza_jobs.db.models import EmailQueue, Streaming
-from alianza_jobs.resources import database as database_module
-from alianza_jobs.tasks import process_email_queue as email_task
-from alianza_jobs.tasks import process_streaming_video_queue as video_task
+from alianza_jobs.defs.emails import process_email_queue as email_task
+from alianza_jobs.defs.videos import process_streaming_video_queue as video_task
 from alianza_jobs_tests.conftest import PG_ADMIN_URL
 from alianza_jobs_tests.reliability.conftest import Outcomes
 from alianza_jobs_tests.reliability.harness import (

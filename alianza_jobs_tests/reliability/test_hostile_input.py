@@ -30,26 +30,19 @@ from dagster import build_op_context
 from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 
-from alianza_jobs.core.task import check_cron_overrides
 from alianza_jobs.db.models import EmailQueue, Streaming
-from alianza_jobs.resources.database import Database
-from alianza_jobs.resources.stream import CloudflareStream
-from alianza_jobs.settings import SettingsError, load_settings
-from alianza_jobs.tasks import (
-    cleanup_expired_sessions,
-    daily_report,
-    health_check,
-    process_streaming_video_queue,
-    replay_dead_letters,
-    sync_stream_catalog,
-)
-from alianza_jobs.tasks import process_email_queue as email_task
-from alianza_jobs.tasks.process_streaming_video_queue import (
+from alianza_jobs.definitions import build_defs
+from alianza_jobs.defs.emails import process_email_queue as email_task
+from alianza_jobs.defs.videos.process_streaming_video_queue import (
     NO_EXTERNAL_ID,
     NOT_FOUND_REASON,
     VideoQueueConfig,
     check_queued_videos,
 )
+from alianza_jobs.resources import CloudflareStream, Database
+from alianza_jobs.settings import SettingsError, load_settings
+from alianza_jobs_tests.defs.emails.fixtures import add_emails
+from alianza_jobs_tests.defs.videos.fixtures import insert_streamings, uid_for
 from alianza_jobs_tests.reliability.conftest import Outcomes
 from alianza_jobs_tests.reliability.harness import (
     CLI,
@@ -69,19 +62,8 @@ from alianza_jobs_tests.reliability.harness import (
     streaming_rows,
     with_engine,
 )
-from alianza_jobs_tests.tasks.email_fixtures import add_emails
-from alianza_jobs_tests.tasks.stream_fixtures import insert_streamings, uid_for
 
 TEN_MB = 10 * 1024 * 1024
-TASKS = [
-    process_streaming_video_queue,
-    email_task,
-    health_check,
-    sync_stream_catalog,
-    cleanup_expired_sessions,
-    daily_report,
-    replay_dead_letters,
-]
 
 # -- the email batch ---------------------------------------------------------------------------------
 
@@ -470,7 +452,7 @@ def test_bad_settings_are_one_clear_line_and_exit_2(outcome: Outcomes) -> None:
 
 def load_code_location_settings(environ: dict[str, str]) -> None:
     """What ``alianza_jobs.definitions`` does with the environment at load time."""
-    check_cron_overrides(load_settings(environ), [task.TASK for task in TASKS])
+    build_defs(load_settings(environ))
 
 
 @pytest.mark.parametrize("case", list(BAD_ENVIRONMENTS))

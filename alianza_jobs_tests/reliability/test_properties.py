@@ -41,22 +41,19 @@ from hypothesis.stateful import (
 )
 from sqlalchemy import delete, insert, select
 
-from alianza_jobs.core.logs import TaskLogger
-from alianza_jobs.core.task import Retry
+from alianza_jobs.clients.http import RetrySettings, Timing
 from alianza_jobs.db.claims import claim_rows, release_rows, write_rows
+from alianza_jobs.db.engine import create_engine
 from alianza_jobs.db.models import DeadLetter, EmailQueue
+from alianza_jobs.defs.emails import process_email_queue
+from alianza_jobs.defs.emails.process_email_queue import EmailQueueConfig, EmailQueueRun
+from alianza_jobs.defs.reports import daily_report
+from alianza_jobs.defs.sessions import cleanup_expired_sessions
+from alianza_jobs.defs.videos import process_streaming_video_queue, sync_stream_catalog
 from alianza_jobs.emulators import EMULATOR_API_KEY, ResendEmulator
-from alianza_jobs.resources.database import create_engine
-from alianza_jobs.resources.http import RetrySettings, Timing
-from alianza_jobs.resources.resend import ResendEmail
-from alianza_jobs.tasks import (
-    cleanup_expired_sessions,
-    daily_report,
-    process_email_queue,
-    process_streaming_video_queue,
-    sync_stream_catalog,
-)
-from alianza_jobs.tasks.process_email_queue import EmailQueueConfig, EmailQueueRun
+from alianza_jobs.logs import TaskLogger
+from alianza_jobs.platform.task import Retry
+from alianza_jobs.resources import ResendEmail
 from alianza_jobs_tests.reliability.conftest import Outcomes
 from alianza_jobs_tests.reliability.harness import email_row, migrate, run_async
 

@@ -20,11 +20,11 @@ from dagster import DagsterInstance
 from dagster._serdes import serialize_value
 from sqlalchemy import String, Text, select
 
-from alianza_jobs.core.redaction import redact, secret_values
 from alianza_jobs.db.demo import seed_demo
 from alianza_jobs.db.models import metadata
+from alianza_jobs.redaction import redact, secret_values
 from alianza_jobs.settings import mask_url
-from alianza_jobs_tests.observability.conftest import free_port
+from alianza_jobs_tests.platform.conftest import free_port
 from alianza_jobs_tests.reliability.conftest import Outcomes
 from alianza_jobs_tests.reliability.harness import (
     CLI,

@@ -20,10 +20,10 @@ import pytest
 from dagster import DagsterInstance, build_op_context
 
 from alianza_jobs.db.claims import claim_rows
+from alianza_jobs.defs.emails import process_email_queue as email_task
+from alianza_jobs.defs.videos import process_streaming_video_queue as video_task
 from alianza_jobs.emulators.config import FaultSettings, ResendSettings, StreamSettings
 from alianza_jobs.emulators.faults import FaultKind, plan_faults
-from alianza_jobs.tasks import process_email_queue as email_task
-from alianza_jobs.tasks import process_streaming_video_queue as video_task
 from alianza_jobs_tests.reliability.conftest import Outcomes
 from alianza_jobs_tests.reliability.harness import (
     Namespace,

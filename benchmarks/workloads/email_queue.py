@@ -20,9 +20,9 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from alianza_jobs.db.demo import EMAILS, FIRST_NAMES
+from alianza_jobs.db.engine import create_engine
 from alianza_jobs.db.models import EmailQueue, EmailStatus
 from alianza_jobs.emulators import ResendEmulator
-from alianza_jobs.resources.database import create_engine
 from benchmarks.harness import EmulatorServer
 from benchmarks.workloads.base import Case, EmulatorSettings, QueueWorkload, Target
 

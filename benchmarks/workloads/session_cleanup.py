@@ -19,8 +19,8 @@ from typing import Any
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from alianza_jobs.db.engine import create_engine
 from alianza_jobs.db.models import User, UserSession
-from alianza_jobs.resources.database import create_engine
 from benchmarks.harness import EmulatorServer
 from benchmarks.workloads.base import Case, QueueWorkload, Target
 from benchmarks.workloads.summary import find

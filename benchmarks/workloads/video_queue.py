@@ -24,9 +24,9 @@ from sqlalchemy import case as sql_case
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from alianza_jobs.db.engine import create_engine
 from alianza_jobs.db.models import Streaming
 from alianza_jobs.emulators import StreamEmulator, VideoSpec
-from alianza_jobs.resources.database import create_engine
 from benchmarks.harness import EmulatorServer
 from benchmarks.workloads.base import Case, EmulatorSettings, QueueWorkload, Target
 from benchmarks.workloads.summary import find, largest_size, smallest_size

@@ -52,7 +52,7 @@ def database_url() -> str:
 
 
 async def run_from_settings() -> None:
-    from alianza_jobs.resources.database import create_engine
+    from alianza_jobs.db.engine import create_engine
 
     engine = create_engine(database_url())
     try:

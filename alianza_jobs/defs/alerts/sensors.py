@@ -1,0 +1,240 @@
+"""Alerting: the seed's "alerting for critical failures", without alert storms.
+
+Two run-status sensors watch every job of this code location:
+
+* a failed run (a task error, a timeout, a failed health check) alerts;
+* a successful run right after failures sends one recovery notice.
+
+A job that keeps failing every minute must not send an email every minute. Whether a failure alerts
+is decided from the job's run history alone, so it is the same whichever sensor tick (or retry of a
+tick) looks at it, and needs no state of its own:
+
+* the first failure after a success (or ever) sends an alert;
+* later failures of the same streak send one "still failing" summary per hour of the streak (the
+  first failure in each hour after the streak began);
+* the first success after a failure sends a recovery notice.
+
+Alerts go to ``ALERT_EMAIL_TO`` through the email queue (so they get its retries and exactly-once
+delivery) and to an optional Slack-compatible ``ALERT_WEBHOOK_URL`` directly (so an alert about the
+email queue itself still gets out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+import httpx
+from dagster import (
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    RunFailureSensorContext,
+    RunRecord,
+    RunsFilter,
+    RunStatusSensorContext,
+    run_failure_sensor,
+    run_status_sensor,
+)
+from sqlalchemy import insert
+
+from alianza_jobs.db.models import EmailQueue, EmailStatus
+from alianza_jobs.db.types import utcnow
+from alianza_jobs.logs import get_logger
+from alianza_jobs.platform.results import job_result
+from alianza_jobs.resources import AppConfig, Database
+
+SUMMARY_EVERY_SECONDS = 3600
+WEBHOOK_TIMEOUT_SECONDS = 5.0
+AlertKind = Literal["failure", "still_failing", "recovered"]
+_FINISHED = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE]
+
+
+@dataclass(frozen=True)
+class Alert:
+    kind: AlertKind
+    job: str
+    run_id: str
+    url: str
+    error: str | None = None
+    attempts: int = 1
+    failures_in_streak: int = 1
+    failing_since: datetime | None = None
+
+    @property
+    def subject(self) -> str:
+        short = self.run_id[:8]
+        if self.kind == "failure":
+            return f"[alianza-jobs] {self.job} failed (run {short})"
+        if self.kind == "still_failing":
+            return f"[alianza-jobs] {self.job} still failing: {self.failures_in_streak} failed runs"
+        return f"[alianza-jobs] {self.job} recovered (run {short})"
+
+    @property
+    def text(self) -> str:
+        since = self.failing_since.strftime("%Y-%m-%d %H:%M:%SZ") if self.failing_since else "?"
+        lines = [self.subject, "", f"Job: {self.job}", f"Run: {self.run_id}", f"Link: {self.url}"]
+        if self.kind == "recovered":
+            lines.append(f"It had failed {self.failures_in_streak} run(s) in a row since {since}.")
+        else:
+            lines += [
+                f"Error: {self.error or 'unknown'}",
+                f"Attempts in this run: {self.attempts}",
+                f"Failed runs in a row: {self.failures_in_streak} (since {since})",
+            ]
+            if self.kind == "still_failing":
+                lines.append("You get one such summary per hour while it keeps failing.")
+        return "\n".join(lines)
+
+
+def _created(instance: DagsterInstance, run_id: str) -> datetime:
+    [record] = instance.get_run_records(RunsFilter(run_ids=[run_id]), limit=1)
+    return record.create_timestamp
+
+
+def _streak(instance: DagsterInstance, run: DagsterRun) -> tuple[list[RunRecord], datetime | None]:
+    """Failed runs of the job since its last success, oldest first, up to and including ``run``."""
+    created = _created(instance, run.run_id)
+    last_success = instance.get_run_records(
+        RunsFilter(
+            job_name=run.job_name, statuses=[DagsterRunStatus.SUCCESS], created_before=created
+        ),
+        limit=1,
+    )
+    since = last_success[0].create_timestamp if last_success else None
+    failures = instance.get_run_records(
+        RunsFilter(
+            job_name=run.job_name,
+            statuses=[DagsterRunStatus.FAILURE],
+            created_after=since,
+            created_before=created,
+        ),
+        ascending=True,
+    )
+    return [*failures, *instance.get_run_records(RunsFilter(run_ids=[run.run_id]))], since
+
+
+def decide_on_failure(instance: DagsterInstance, run: DagsterRun, app: AppConfig) -> Alert | None:
+    streak, _ = _streak(instance, run)
+    first = streak[0]
+    outcome = job_result(instance, run.run_id)
+    alert = Alert(
+        kind="failure",
+        job=run.job_name,
+        run_id=run.run_id,
+        url=app.run_url(run.run_id),
+        error=outcome.error,
+        attempts=outcome.retry_count + 1,
+        failures_in_streak=len(streak),
+        failing_since=first.create_timestamp.astimezone(UTC),
+    )
+    if len(streak) == 1:
+        return alert
+    start = first.create_timestamp.timestamp()
+    hour_now = math.floor((streak[-1].create_timestamp.timestamp() - start) / SUMMARY_EVERY_SECONDS)
+    hour_before = math.floor(
+        (streak[-2].create_timestamp.timestamp() - start) / SUMMARY_EVERY_SECONDS
+    )
+    if hour_now > hour_before:
+        return Alert(**{**alert.__dict__, "kind": "still_failing"})
+    return None
+
+
+def decide_on_success(instance: DagsterInstance, run: DagsterRun, app: AppConfig) -> Alert | None:
+    created = _created(instance, run.run_id)
+    previous = instance.get_run_records(
+        RunsFilter(job_name=run.job_name, statuses=_FINISHED, created_before=created), limit=1
+    )
+    if not previous or previous[0].dagster_run.status != DagsterRunStatus.FAILURE:
+        return None
+    streak, _ = _streak(instance, previous[0].dagster_run)
+    return Alert(
+        kind="recovered",
+        job=run.job_name,
+        run_id=run.run_id,
+        url=app.run_url(run.run_id),
+        failures_in_streak=len(streak),
+        failing_since=streak[0].create_timestamp.astimezone(UTC),
+    )
+
+
+async def _enqueue_email(database: Database, app: AppConfig, alert: Alert) -> int:
+    rows = [
+        {
+            "to_address": to,
+            "from_address": None,
+            "subject": alert.subject,
+            "text": alert.text,
+            "html": None,
+            "status": EmailStatus.PENDING.value,
+            "next_attempt_at": utcnow(),
+        }
+        for to in app.alert_email_to
+    ]
+    if not rows:
+        return 0
+    async with database.engine() as engine, engine.begin() as conn:
+        await conn.execute(insert(EmailQueue), rows)
+    return len(rows)
+
+
+def _post_webhook(url: str, alert: Alert) -> None:
+    response = httpx.post(
+        url,
+        json={
+            "text": alert.text,
+            "alianza": {"kind": alert.kind, "job": alert.job, "run_id": alert.run_id},
+        },
+        timeout=WEBHOOK_TIMEOUT_SECONDS,
+    )
+    response.raise_for_status()
+
+
+def deliver(alert: Alert, database: Database, app: AppConfig) -> dict[str, object]:
+    log = get_logger(job=alert.job, run_id=alert.run_id, alert=alert.kind)
+    sent: dict[str, object] = {"emails": asyncio.run(_enqueue_email(database, app, alert))}
+    if app.alert_webhook_url:
+        try:
+            _post_webhook(app.alert_webhook_url, alert)
+            sent["webhook"] = True
+        except httpx.HTTPError as exc:
+            # The email path still carries the alert; a broken webhook must not stop it.
+            sent["webhook"] = False
+            log.error("Alert webhook failed", error=exc)
+    log.warning(f"Alert sent: {alert.subject}", **sent)
+    return sent
+
+
+@run_failure_sensor(
+    name="alert_on_run_failure",
+    description="Alerts on a failed run: the first failure, then one summary per hour while it "
+    "keeps failing (ALERT_EMAIL_TO via the email queue, ALERT_WEBHOOK_URL).",
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=15,
+)
+def alert_on_run_failure(
+    context: RunFailureSensorContext, database: Database, app: AppConfig
+) -> None:
+    alert = decide_on_failure(context.instance, context.dagster_run, app)
+    if alert is not None:
+        deliver(alert, database, app)
+
+
+@run_status_sensor(
+    run_status=DagsterRunStatus.SUCCESS,
+    name="notify_on_recovery",
+    description="One recovery notice when a job succeeds after failing.",
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=15,
+)
+def notify_on_recovery(context: RunStatusSensorContext, database: Database, app: AppConfig) -> None:
+    alert = decide_on_success(context.instance, context.dagster_run, app)
+    if alert is not None:
+        deliver(alert, database, app)
+
+
+sensors = [alert_on_run_failure, notify_on_recovery]

@@ -1,0 +1,304 @@
+"""``replay_dead_letters``: put dead items back into their queue, by hand, after the cause is fixed.
+
+Run config: ``source`` (``email_queue`` or ``streamings``), ``ids`` (dead-letter ids; empty means
+every unreplayed dead letter of that source) and ``dry_run``. For each dead letter whose item is
+still dead, the item goes back to its queue as due and the dead letter gets ``replayed_at``; both in
+one transaction per page of dead letters, so a cancelled run keeps what it finished and never marks
+a letter replayed without requeueing its item (or the reverse).
+
+* **email_queue** rows (status ``dead``) → ``pending``, ``attempts`` 0, ``next_attempt_at`` now,
+  lease cleared; ``last_error`` keeps why it died. The ``idempotency_key`` is **kept**: a row that died of exhausted attempts may have
+  been delivered by its last send; re-sent as the same group under the same key within Resend's
+  24 hours, it is answered from Resend's cache and not delivered twice. Rows Resend refused, or
+  that broke our rules, have no key (``process_email_queue`` cleared it) and go out in a fresh batch.
+  Replaying *part* of a group after such a send arrived makes Resend refuse the key with other
+  content; ``process_email_queue`` then dead-letters the rows again with that reason and without
+  the key, and a second replay sends them for certain (the operator has been told they were
+  probably delivered).
+* **streamings** rows (status ``error``, not soft-deleted) → ``queued``, ``attempts`` 0,
+  ``error_reason`` and ``checked_at`` null, lease cleared.
+
+What is not replayed, and reported as such: a dead letter already replayed, of the other source, or
+unknown (``ids`` given); one whose item is gone (``missing``) or no longer dead, e.g. sent or
+requeued since (``not_dead``). Those letters are left unmarked: nothing was put back for them.
+Several dead letters of one item are all marked when it is requeued.
+
+A dry run changes nothing and reports the same counts, with the ids it would touch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import dagster as dg
+from dagster import AssetMaterialization, OpExecutionContext
+from pydantic import Field
+from sqlalchemy import ColumnElement, and_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from alianza_jobs.db.engine import read_only
+from alianza_jobs.db.models import (
+    DeadLetter,
+    DeadLetterSource,
+    EmailQueue,
+    EmailStatus,
+    Streaming,
+    StreamingStatus,
+)
+from alianza_jobs.db.types import utcnow
+from alianza_jobs.logs import TaskLogger, get_logger
+from alianza_jobs.platform.task import TaskReport, TaskSpec
+from alianza_jobs.resources import Database
+
+TASK = TaskSpec(
+    name="replay_dead_letters",
+    description=(
+        "Puts dead-lettered emails or videos back into their queue as due and marks the dead "
+        "letters replayed (run config: source, ids, dry_run)."
+    ),
+    cron=None,
+    timeout=timedelta(minutes=5),
+    retry=None,
+    # Which table is materialized depends on the run's `source`: the op reports it itself.
+    assets=(),
+)
+
+PAGE = 1000
+PREVIEW = 50
+Source = Literal["email_queue", "streamings"]
+
+
+class ReplayConfig(dg.Config):
+    source: Source = Field(description="Which queue's dead letters: email_queue or streamings.")
+    ids: list[int] = Field(
+        default=[],
+        description="Dead-letter ids to replay; empty means every unreplayed one of the source.",
+    )
+    dry_run: bool = Field(
+        default=False, description="Report what would be replayed; change nothing."
+    )
+
+
+@dataclass(frozen=True)
+class Queue:
+    """How one source's items are found dead and put back."""
+
+    source: str
+    model: type[EmailQueue] | type[Streaming]
+    dead: ColumnElement[bool]
+
+    def requeue_values(self, now: datetime) -> dict[str, Any]:
+        lease: dict[str, Any] = {"locked_until": None, "locked_by": None, "updated_at": now}
+        if self.model is EmailQueue:
+            return {
+                "status": EmailStatus.PENDING.value,
+                "attempts": 0,
+                "next_attempt_at": now,
+                **lease,
+            }
+        return {
+            "status": StreamingStatus.QUEUED.value,
+            "attempts": 0,
+            "error_reason": None,
+            "checked_at": None,
+            **lease,
+        }
+
+
+QUEUES: dict[str, Queue] = {
+    DeadLetterSource.EMAIL_QUEUE.value: Queue(
+        DeadLetterSource.EMAIL_QUEUE.value, EmailQueue, EmailQueue.status == EmailStatus.DEAD.value
+    ),
+    DeadLetterSource.STREAMINGS.value: Queue(
+        DeadLetterSource.STREAMINGS.value,
+        Streaming,
+        and_(Streaming.status == StreamingStatus.ERROR.value, Streaming.deleted_at.is_(None)),
+    ),
+}
+
+
+@dataclass
+class Outcome:
+    report: TaskReport = field(default_factory=TaskReport)
+    letters: list[int] = field(default_factory=list)
+    items: list[int] = field(default_factory=list)
+    skipped: dict[str, list[int]] = field(default_factory=dict)
+
+    def skip(self, why: str, letter_ids: Sequence[int]) -> None:
+        if letter_ids:
+            self.skipped.setdefault(why, []).extend(letter_ids)
+            self.report.add(f"skipped_{why}", len(letter_ids))
+
+
+async def check_requested(conn: AsyncConnection, config: ReplayConfig, outcome: Outcome) -> None:
+    """Requested ids that are unknown, of the other source, or already replayed."""
+    wanted = sorted(set(config.ids))
+    found: dict[int, tuple[str, datetime | None]] = {}
+    for start in range(0, len(wanted), PAGE):
+        chunk = wanted[start : start + PAGE]
+        rows = await conn.execute(
+            select(DeadLetter.id, DeadLetter.source, DeadLetter.replayed_at).where(
+                DeadLetter.id.in_(chunk)
+            )
+        )
+        found.update({r.id: (r.source, r.replayed_at) for r in rows})
+    outcome.skip("not_found", [i for i in wanted if i not in found])
+    outcome.skip("other_source", [i for i, (s, _) in found.items() if s != config.source])
+    outcome.skip(
+        "already_replayed",
+        [i for i, (s, at) in found.items() if s == config.source and at is not None],
+    )
+
+
+def _page_query(config: ReplayConfig, *, after: int, among: Sequence[int] | None) -> Any:
+    """The next page of unreplayed letters: after ``after`` by id, or among requested ids."""
+    stmt = (
+        select(DeadLetter.id, DeadLetter.source_id)
+        .where(DeadLetter.source == config.source, DeadLetter.replayed_at.is_(None))
+        .order_by(DeadLetter.id)
+    )
+    if among is not None:
+        return stmt.where(DeadLetter.id.in_(among))
+    return stmt.where(DeadLetter.id > after).limit(PAGE)
+
+
+async def replay_page(
+    conn: AsyncConnection,
+    queue: Queue,
+    letters: Sequence[tuple[int, int]],
+    *,
+    now: datetime,
+    dry_run: bool,
+    outcome: Outcome,
+) -> None:
+    """Requeue the dead items of one page of (letter id, item id) and mark their letters."""
+    model = queue.model
+    item_ids = sorted({item for _, item in letters})
+    present = await conn.execute(
+        select(model.id, queue.dead.label("is_dead")).where(model.id.in_(item_ids))
+    )
+    state = {r.id: bool(r.is_dead) for r in present}
+    dead_items = [i for i in item_ids if state.get(i)]
+    if dead_items and not dry_run:
+        # The status check again in the UPDATE: an item requeued by someone else meanwhile stays.
+        result = await conn.execute(
+            update(model)
+            .where(model.id.in_(dead_items), queue.dead)
+            .values(queue.requeue_values(now))
+            .returning(model.id)
+        )
+        requeued = set(result.scalars().all())
+    else:
+        requeued = set(dead_items)
+    letter_ids = [lid for lid, item in letters if item in requeued]
+    if letter_ids and not dry_run:
+        await conn.execute(
+            update(DeadLetter)
+            .where(DeadLetter.id.in_(letter_ids), DeadLetter.replayed_at.is_(None))
+            .values(replayed_at=now, updated_at=now)
+        )
+    outcome.letters.extend(letter_ids)
+    outcome.items.extend(sorted(requeued))
+    outcome.report.add("dead_letters_replayed", len(letter_ids))
+    outcome.report.add("items_requeued", len(requeued))
+    outcome.skip("missing", [lid for lid, item in letters if item not in state])
+    outcome.skip(
+        "not_dead", [lid for lid, item in letters if item in state and item not in requeued]
+    )
+
+
+async def replay(
+    engine: AsyncEngine, config: ReplayConfig, *, log: TaskLogger, now: datetime | None = None
+) -> Outcome:
+    queue = QUEUES[config.source]
+    outcome = Outcome()
+    outcome.report.counts.update({"dead_letters_replayed": 0, "items_requeued": 0})
+    if config.ids:
+        async with read_only(engine).connect() as conn:
+            await check_requested(conn, config, outcome)
+    # Requested ids go a page at a time too (Postgres takes at most 65,535 bind parameters).
+    wanted = sorted(set(config.ids))
+    chunks = [wanted[i : i + PAGE] for i in range(0, len(wanted), PAGE)]
+    after = 0
+    pages = 0
+    while True:
+        among: Sequence[int] | None = None
+        if config.ids:
+            if pages >= len(chunks):
+                break
+            among = chunks[pages]
+        now_ = now or utcnow()
+        # One transaction per page: the items and their letters change together or not at all.
+        # A dry run only reads (read_only: on SQLite it does not take the write lock).
+        session = read_only(engine).connect() if config.dry_run else engine.begin()
+        async with session as conn:
+            query = _page_query(config, after=after, among=among)
+            letters = [(r.id, r.source_id) for r in await conn.execute(query)]
+            if letters:
+                await replay_page(
+                    conn, queue, letters, now=now_, dry_run=config.dry_run, outcome=outcome
+                )
+        pages += 1
+        if letters:
+            after = letters[-1][0]
+            log.info(
+                "Dry run: checked a page" if config.dry_run else "Replayed a page of dead letters",
+                page=pages,
+                letters=len(letters),
+                total_replayed=outcome.report.counts["dead_letters_replayed"],
+            )
+        if among is None and len(letters) < PAGE:
+            break
+    return outcome
+
+
+@TASK.op
+async def requeue_dead_letters(
+    context: OpExecutionContext, config: ReplayConfig, database: Database
+) -> TaskReport:
+    log = get_logger(source=config.source, dry_run=config.dry_run)
+    started = time.perf_counter()
+    async with database.engine() as engine:
+        outcome = await replay(engine, config, log=log)
+    report = outcome.report
+    report.metadata.update(
+        {
+            "source": config.source,
+            "dry_run": config.dry_run,
+            "requested_ids": len(config.ids),
+            "dead_letter_ids": _preview(outcome.letters),
+            "item_ids": _preview(outcome.items),
+            **{f"skipped_{why}_ids": _preview(ids) for why, ids in outcome.skipped.items()},
+        }
+    )
+    for why, ids in outcome.skipped.items():
+        log.warning("Dead letters not replayed", why=why, count=len(ids), ids=_preview(ids))
+    log.info(
+        "Would replay dead letters" if config.dry_run else "Replayed dead letters",
+        **report.counts,
+        duration_ms=round((time.perf_counter() - started) * 1000, 1),
+    )
+    if not config.dry_run:
+        context.log_event(
+            AssetMaterialization(
+                asset_key=config.source,
+                description="Dead items put back by replay_dead_letters",
+                metadata={**report.counts, "item_ids": _preview(outcome.items)},
+            )
+        )
+    return report
+
+
+def _preview(ids: Sequence[int]) -> str:
+    ordered = sorted(ids)
+    text = ",".join(str(i) for i in ordered[:PREVIEW])
+    return text + (f",... (+{len(ordered) - PREVIEW})" if len(ordered) > PREVIEW else "")
+
+
+job = TASK.job(requeue_dead_letters)
+
+__all__ = ["TASK", "ReplayConfig", "job", "replay", "requeue_dead_letters"]

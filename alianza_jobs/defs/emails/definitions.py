@@ -1,0 +1,18 @@
+"""Email: the queue that sends through Resend, and its table."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from alianza_jobs.defs.emails import process_email_queue
+from alianza_jobs.defs.emails.assets import EMAIL_QUEUE
+from alianza_jobs.settings import Settings
+
+
+def build_defs(settings: Settings) -> dg.Definitions:
+    job = process_email_queue.job
+    return dg.Definitions(
+        assets=[EMAIL_QUEUE],
+        jobs=[job],
+        schedules=[process_email_queue.TASK.schedule(job, settings)],
+    )

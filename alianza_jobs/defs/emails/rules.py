@@ -1,0 +1,205 @@
+"""What an ``email_queue`` row must satisfy before it may go into a Resend batch.
+
+A row that breaks a rule is dead-lettered by ``process_email_queue`` with the rule's reason and is
+never sent. The rules, and why:
+
+* **Addresses** (``to_address``, ``from_address``, and ``EMAIL_FROM`` for rows without a sender):
+  ``local@domain`` or ``Display Name <local@domain>``, the two forms Resend documents.
+
+  - Local part: a dot-atom (RFC 5322: no leading, trailing or doubled dot) of ASCII ``atext``, or of
+    non-ASCII letters, digits and symbols as RFC 6531 (SMTPUTF8) allows. At most 64 octets.
+    Quoted local parts (``"john doe"@x``) are refused: Resend's own address format does not admit
+    them and practically no real mailbox needs one.
+  - Domain: at least two labels of letters, digits and inner hyphens, 63 octets each, 253 in all,
+    top-level label not all digits; no IP literals (Resend sends to domains only).
+    **Internationalised domains** (``bücher.de``) are accepted and sent in their ASCII form
+    (``xn--bcher-kva.de``, IDNA): every mail system accepts the A-label, so nothing is lost.
+  - **Internationalised local parts** (``josé@example.com``) pass our check and go to Resend as
+    they are. Resend documents no SMTPUTF8 support either way: if it refuses one, the permissive
+    batch answers with a per-email error and that row alone is dead-lettered with Resend's reason;
+    the rest of the batch is sent. We do not refuse what the provider may accept.
+  - Whole address at most 254 octets (RFC 5321's 256-octet path minus the angle brackets).
+
+* **Header values** (subject, display names, any custom header): no CR, LF or NUL, nor the Unicode
+  line separators (U+0085, U+2028, U+2029) some mail libraries also break lines on. A line break in
+  a header is how header injection works (``Subject: hi\\r\\nBcc: everyone``): such a row is
+  refused outright, never "cleaned up" and sent.
+* **Subject**: required and non-empty (Resend answers 422 without one).
+* **Body**: ``html`` or ``text``, at least one non-empty (Resend's 422 ``missing_required_field``).
+* **Size**: Resend documents a maximum of 40 MB per email ("max 40MB per email, after Base64
+  encoding of the attachments", Send Email API reference). We hold the whole JSON of the email as
+  it goes on the wire (escaping included) to 40,000,000 bytes, the stricter reading of "MB".
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from collections.abc import Mapping
+
+from alianza_jobs.clients.resend import OutgoingEmail
+
+MAX_EMAIL_BYTES = 40_000_000
+MAX_LOCAL_OCTETS = 64
+MAX_DOMAIN_OCTETS = 253
+MAX_LABEL_OCTETS = 63
+MAX_ADDRESS_OCTETS = 254
+MAX_SUBJECT_CHARS = 998  # RFC 5322's line limit; also the width of email_queue.subject
+
+# RFC 5322 atext (dot-atom characters) besides letters and digits.
+_ATEXT_SYMBOLS = frozenset("!#$%&'*+-/=?^_`{|}~")
+# Characters that end a header line somewhere along the way to an inbox.
+_LINE_BREAKS = frozenset("\r\n\0\x85\u2028\u2029")
+# Unicode categories never acceptable inside an address: controls, format characters, surrogates,
+# private use, unassigned, and every kind of space or separator.
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
+_LDH = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
+
+
+class InvalidEmail(ValueError):
+    """A row breaks a rule; ``field`` names the column, ``reason`` says which rule."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{field}: {reason}")
+
+
+def check_header_value(value: str, *, field: str) -> None:
+    """Refuse a header value that carries a line break (header injection) or a NUL."""
+    found = next((c for c in value if c in _LINE_BREAKS), None)
+    if found is not None:
+        raise InvalidEmail(field, f"contains a line break or NUL ({found!r}): refused, never sent")
+
+
+def check_headers(headers: Mapping[str, str]) -> None:
+    """Custom headers: RFC 5322 field names (printable ASCII, no colon), clean values."""
+    for name, value in headers.items():
+        if not name or any(not 33 <= ord(c) <= 126 or c == ":" for c in name):
+            raise InvalidEmail("headers", f"invalid header name {name[:64]!r}")
+        check_header_value(value, field=f"headers.{name}")
+
+
+def normalize_address(value: str | None, *, field: str) -> str:
+    """The address as it goes to Resend (IDN domain in ASCII), or :class:`InvalidEmail`."""
+    if value is None or not value.strip():
+        raise InvalidEmail(field, "missing")
+    text = value.strip()
+    check_header_value(text, field=field)
+    name: str | None = None
+    address = text
+    if text.endswith(">") and "<" in text:
+        cut = text.rindex("<")
+        name, address = text[:cut].strip(), text[cut + 1 : -1].strip()
+        if "<" in name or ">" in name:
+            raise InvalidEmail(field, "display name must not contain '<' or '>'")
+    elif "<" in text or ">" in text:
+        raise InvalidEmail(field, "expected 'local@domain' or 'Name <local@domain>'")
+    if "<" in address or ">" in address:
+        raise InvalidEmail(field, "address must not contain '<' or '>'")
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        raise InvalidEmail(field, f"{address!r} is not of the form local@domain")
+    _check_local(local, field)
+    ascii_domain = _ascii_domain(domain, field)
+    bare = f"{local}@{ascii_domain}"
+    if len(bare.encode("utf-8")) > MAX_ADDRESS_OCTETS:
+        raise InvalidEmail(field, f"address longer than {MAX_ADDRESS_OCTETS} octets")
+    return f"{name} <{bare}>" if name else bare
+
+
+def _check_local(local: str, field: str) -> None:
+    if len(local.encode("utf-8")) > MAX_LOCAL_OCTETS:
+        raise InvalidEmail(field, f"local part longer than {MAX_LOCAL_OCTETS} octets")
+    if local.startswith(".") or local.endswith(".") or ".." in local:
+        raise InvalidEmail(field, "local part has a leading, trailing or doubled dot")
+    for char in local:
+        if char == ".":
+            continue
+        if char.isascii():
+            if not (char.isalnum() or char in _ATEXT_SYMBOLS):
+                raise InvalidEmail(field, f"character {char!r} is not allowed in a local part")
+        elif unicodedata.category(char) in _FORBIDDEN_CATEGORIES:
+            raise InvalidEmail(field, f"character {char!r} is not allowed in a local part")
+
+
+def _ascii_domain(domain: str, field: str) -> str:
+    if domain.startswith("[") or domain.endswith("."):
+        raise InvalidEmail(field, f"domain {domain!r}: IP literals and trailing dots not accepted")
+    labels = domain.split(".")
+    if len(labels) < 2:
+        raise InvalidEmail(field, f"domain {domain!r} needs at least two labels")
+    ascii_labels = []
+    for label in labels:
+        if not label:
+            raise InvalidEmail(field, f"domain {domain!r} has an empty label")
+        if not label.isascii():
+            try:
+                # IDNA 2003 (nameprep + punycode): what Python ships; every IDN in real use maps.
+                label = label.encode("idna").decode("ascii")
+            except UnicodeError:
+                raise InvalidEmail(field, f"domain label {label!r} is not a valid IDN") from None
+        if len(label) > MAX_LABEL_OCTETS:
+            raise InvalidEmail(field, f"domain label longer than {MAX_LABEL_OCTETS} octets")
+        if not set(label) <= _LDH or label.startswith("-") or label.endswith("-"):
+            raise InvalidEmail(field, f"domain label {label!r} is not letters, digits, hyphens")
+        ascii_labels.append(label)
+    if ascii_labels[-1].isdigit():
+        raise InvalidEmail(field, f"top-level domain {ascii_labels[-1]!r} is all digits")
+    ascii_domain = ".".join(ascii_labels)
+    if len(ascii_domain) > MAX_DOMAIN_OCTETS:
+        raise InvalidEmail(field, f"domain longer than {MAX_DOMAIN_OCTETS} octets")
+    return ascii_domain
+
+
+def wire_size(email: OutgoingEmail) -> int:
+    """Bytes of the email's JSON as it travels in a batch request."""
+    return len(
+        json.dumps(email.to_wire(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    )
+
+
+def prepare_email(
+    *,
+    to_address: str | None,
+    from_address: str | None,
+    subject: str | None,
+    html: str | None,
+    text: str | None,
+    default_from: str,
+    max_bytes: int = MAX_EMAIL_BYTES,
+) -> OutgoingEmail:
+    """The email to send for a queue row, every rule checked; or :class:`InvalidEmail`.
+
+    ``from_address`` null means ``default_from`` (``EMAIL_FROM``).
+    """
+    to = normalize_address(to_address, field="to_address")
+    sender = normalize_address(
+        from_address if from_address is not None else default_from,
+        field="from_address" if from_address is not None else "from_address (EMAIL_FROM)",
+    )
+    if subject is None or not subject.strip():
+        raise InvalidEmail("subject", "missing")
+    check_header_value(subject, field="subject")
+    if len(subject) > MAX_SUBJECT_CHARS:
+        raise InvalidEmail("subject", f"longer than {MAX_SUBJECT_CHARS} characters")
+    if not html and not text:
+        raise InvalidEmail("body", "neither html nor text")
+    email = OutgoingEmail(
+        from_=sender, to=[to], subject=subject, html=html or None, text=text or None
+    )
+    size = wire_size(email)
+    if size > max_bytes:
+        raise InvalidEmail("body", f"{size:,} bytes, over Resend's {max_bytes:,}-byte limit")
+    return email
+
+
+__all__ = [
+    "MAX_EMAIL_BYTES",
+    "InvalidEmail",
+    "check_header_value",
+    "check_headers",
+    "normalize_address",
+    "prepare_email",
+    "wire_size",
+]

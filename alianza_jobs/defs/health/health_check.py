@@ -1,0 +1,375 @@
+"""``health_check``: the seed's ``healthCheckTask``, as one asset check per service.
+
+Every minute, four probes run side by side, each with its own deadline, and each becomes an asset
+check on its service's asset (see ``defs/health/assets.py``), so the UI shows every service's
+history of passes and failures with its latency:
+
+* ``app_database``: ``SELECT 1``, and the schema at the migrations' head (a deploy whose migration
+  did not run is as broken as a database that is down);
+* ``cloudflare_stream_api``: ``GET /accounts/{id}/stream?limit=1``, an authenticated read;
+* ``resend_api``: ``GET /emails/{id}`` for an id no email has: an authenticated read that sends
+  nothing (Resend has no ping). An API key made for sending only (the safe kind to deploy) is
+  refused every endpoint but sending, with 401 ``restricted_api_key``: that answer proves the key
+  is valid, so it counts as healthy, as does the 404 ``not_found`` a full-access key gets. A
+  revoked or wrong key (400/401/403 with another name), a 5xx, a timeout or a 404 without Resend's
+  error body all fail. (``GET /domains`` would do as well on the real API, but the emulator serves
+  no such route, while its ``GET /emails/{id}`` authenticates like the real one);
+* ``report_storage``: write, read back and delete a file (``ReportStorage.probe``).
+
+The probes call the services directly, one request each, with no retries and no circuit breaker:
+a health check reports what it sees, and must not hide a flaky service behind retries nor trip
+the breaker the real tasks share.
+
+Any failed check fails the run, so alerting (which keys off failed runs) fires: the checks are
+``blocking``, and Dagster fails the step once every result has been recorded (a failed blocking
+check with ERROR severity raises after the last one), rather than stopping at the first.
+Results also go into ``TaskReport.metadata["health_checks"]`` (``{"check": {"ok", "latency_ms"}}``)
+so the Pushgateway gets ``alianza_health_check_up`` and ``..._latency_seconds`` per service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import dagster as dg
+import httpx
+from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSpec, AssetSelection
+from pydantic import Field
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from alianza_jobs.clients import resend as resend_api
+from alianza_jobs.clients import stream as stream_api
+from alianza_jobs.clients.http import (
+    ApiError,
+    RetryableApiError,
+    build_async_client,
+    emulator_transport,
+    json_body,
+    malformed,
+)
+from alianza_jobs.db.engine import read_only
+from alianza_jobs.db.types import utcnow
+from alianza_jobs.defs.health.assets import (
+    APP_DATABASE,
+    CLOUDFLARE_STREAM_API,
+    REPORT_STORAGE,
+    RESEND_API,
+)
+from alianza_jobs.logs import get_logger
+from alianza_jobs.platform.task import TaskReport, TaskSpec
+from alianza_jobs.redaction import redact, secret_values
+from alianza_jobs.resources import CloudflareStream, Database, ReportStorage, ResendEmail
+
+TASK = TaskSpec(
+    name="health_check",
+    description=(
+        "Probes the app database (reachable, schema at head), the Cloudflare Stream and Resend "
+        "APIs (an authenticated read each) and the report storage; any failure fails the run."
+    ),
+    cron="* * * * *",
+    timeout=timedelta(seconds=30),
+    retry=None,
+)
+
+CHECK_NAME = "healthy"
+# A well-formed (v4) UUID no email will ever have: Resend answers 404 for it after authenticating.
+# Not the nil UUID, which a strict validator may refuse with a 422 before looking at the key.
+PROBE_EMAIL_ID = "3f1c9b2e-7a4d-4e8b-9c1f-5d2a6b8e0f17"
+
+CHECK_SPECS = [
+    AssetCheckSpec(
+        CHECK_NAME,
+        asset=APP_DATABASE.key,
+        blocking=True,
+        description="SELECT 1, and the schema at the migrations' head.",
+    ),
+    AssetCheckSpec(
+        CHECK_NAME,
+        asset=CLOUDFLARE_STREAM_API.key,
+        blocking=True,
+        description="An authenticated listing of one video (GET .../stream?limit=1).",
+    ),
+    AssetCheckSpec(
+        CHECK_NAME,
+        asset=RESEND_API.key,
+        blocking=True,
+        description="An authenticated read that sends nothing (GET /emails/<unknown id>).",
+    ),
+    AssetCheckSpec(
+        CHECK_NAME,
+        asset=REPORT_STORAGE.key,
+        blocking=True,
+        description="Write, read back and delete a file in the report directory.",
+    ),
+]
+
+
+class HealthCheckConfig(dg.Config):
+    check_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=25,
+        description=(
+            "Deadline of each probe (they run side by side, under the task's 30 s timeout). "
+            "A probe that takes longer fails with a timeout."
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    name: str
+    ok: bool
+    latency_ms: float
+    error: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class ProbeError(Exception):
+    """A probe reached the service and found it unhealthy (schema behind, unexpected answer)."""
+
+
+# -- the probes -------------------------------------------------------------------------------------
+
+
+async def probe_database(database: Database) -> dict[str, Any]:
+    # Imported here: Alembic (with its templating and console deps) costs ~0.25 s, paid by
+    # this check's runs only, not by every load of the code location.
+    from alianza_jobs.db import migrate
+
+    async with database.engine() as engine:
+        # Deferred BEGIN on SQLite: a probe every minute must not take the write lock.
+        reader = read_only(engine)
+        async with reader.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        current = await migrate.current_revision(reader)
+    head = await asyncio.to_thread(migrate.head_revision)
+    if current != head:
+        raise ProbeError(
+            f"schema at revision {current or 'none (no migrations applied)'}, the code expects "
+            f"{head}: run `alianza-jobs db upgrade`"
+        )
+    return {"revision": current or ""}
+
+
+@asynccontextmanager
+async def _http(
+    *,
+    base_url: str,
+    token: str,
+    emulator_state_dir: str | None,
+    emulator_base_url: str,
+    connect_timeout_s: float,
+    read_timeout_s: float,
+) -> AsyncIterator[httpx.AsyncClient]:
+    """One connection for one request, through the in-process emulator when the resource says so
+    (as the resources' own clients do)."""
+    transport = emulator_transport(Path(emulator_state_dir)) if emulator_state_dir else None
+    async with build_async_client(
+        base_url=emulator_base_url if emulator_state_dir else base_url,
+        headers={"authorization": f"Bearer {token}"},
+        connect_timeout_s=connect_timeout_s,
+        read_timeout_s=read_timeout_s,
+        max_connections=1,
+        transport=transport,
+    ) as client:
+        yield client
+
+
+async def _get(client: httpx.AsyncClient, service: str, path: str, **kwargs: Any) -> httpx.Response:
+    try:
+        return await client.get(path, **kwargs)
+    except httpx.TimeoutException as exc:
+        # Our own message: httpx's exception carries the request, headers and all.
+        raise RetryableApiError(
+            service, None, "timeout", f"{type(exc).__name__} on GET {path}"
+        ) from None
+    except httpx.TransportError as exc:
+        raise RetryableApiError(
+            service, None, "network_error", f"{type(exc).__name__} on GET {path}: {exc}"
+        ) from None
+
+
+async def probe_stream(stream: CloudflareStream) -> dict[str, Any]:
+    path = f"/accounts/{quote(stream.account_id, safe='')}/stream"
+    async with _http(
+        base_url=stream.base_url,
+        token=stream.api_token,
+        emulator_state_dir=stream.emulator_state_dir,
+        emulator_base_url=stream_api.EMULATOR_BASE_URL,
+        connect_timeout_s=stream.connect_timeout_s,
+        read_timeout_s=stream.read_timeout_s,
+    ) as client:
+        response = await _get(client, stream_api.SERVICE, path, params={"limit": "1"})
+    if not response.is_success:
+        raise stream_api.classify_error(response, utcnow())
+    body = json_body(response, stream_api.SERVICE)
+    if (
+        not isinstance(body, dict)
+        or body.get("success") is not True
+        or not isinstance(body.get("result"), list)
+    ):
+        raise malformed(stream_api.SERVICE, response, "not a successful Cloudflare listing")
+    return {"status": response.status_code}
+
+
+async def probe_resend(resend: ResendEmail) -> dict[str, Any]:
+    path = f"/emails/{PROBE_EMAIL_ID}"
+    async with _http(
+        base_url=resend.base_url,
+        token=resend.api_key,
+        emulator_state_dir=resend.emulator_state_dir,
+        emulator_base_url=resend_api.EMULATOR_BASE_URL,
+        connect_timeout_s=resend.connect_timeout_s,
+        read_timeout_s=resend.read_timeout_s,
+    ) as client:
+        response = await _get(client, resend_api.SERVICE, path)
+    if response.is_success:
+        return {"status": response.status_code, "key_access": "full"}
+    error = resend_api.classify_error(response, utcnow())
+    if response.status_code == 404 and error.code == "not_found":
+        return {"status": 404, "key_access": "full"}
+    if response.status_code == 401 and error.code == "restricted_api_key":
+        return {"status": 401, "key_access": "sending_only"}
+    raise error
+
+
+async def probe_storage(reports: ReportStorage) -> dict[str, Any]:
+    await reports.probe()
+    return {"directory": reports.directory}
+
+
+async def measure(
+    name: str,
+    probe: Callable[[], Awaitable[dict[str, Any]]],
+    *,
+    timeout_s: float,
+    secrets: list[str],
+) -> ProbeResult:
+    """Run one probe under its deadline; never raises (but lets cancellation through)."""
+    started = time.perf_counter()
+    details: dict[str, Any] = {}
+    error: str | None = None
+    try:
+        async with asyncio.timeout(timeout_s):
+            details = await probe()
+    except TimeoutError:
+        error = f"no answer within {timeout_s:g} s"
+    except ApiError as exc:
+        error = str(exc)
+        details = {k: v for k, v in exc.metadata().items() if v is not None}
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    latency_ms = round((time.perf_counter() - started) * 1000, 1)
+    if error is not None:
+        error = redact(error, secrets)
+        details = {k: redact(v, secrets) if isinstance(v, str) else v for k, v in details.items()}
+    return ProbeResult(name, error is None, latency_ms, error, details)
+
+
+def _url_password(url: str) -> str | None:
+    try:
+        password = make_url(url).password
+    except ArgumentError:
+        return None
+    return str(password) if password else None
+
+
+def check_result(spec: AssetCheckSpec, probe: ProbeResult) -> AssetCheckResult:
+    return AssetCheckResult(
+        asset_key=spec.asset_key,
+        check_name=spec.name,
+        passed=probe.ok,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=probe.error or f"healthy in {probe.latency_ms:g} ms",
+        metadata={
+            "latency_ms": dg.MetadataValue.float(probe.latency_ms),
+            "error": dg.MetadataValue.text(probe.error or ""),
+            **probe.details,
+        },
+    )
+
+
+# -- the checks -------------------------------------------------------------------------------------
+
+
+@TASK.multi_asset_check(name="check_services", specs=CHECK_SPECS)
+async def check_services(
+    context: AssetCheckExecutionContext,
+    config: HealthCheckConfig,
+    database: Database,
+    stream: CloudflareStream,
+    resend: ResendEmail,
+    reports: ReportStorage,
+) -> TaskReport:
+    log = get_logger()
+    secrets = [
+        s
+        for s in (stream.api_token, resend.api_key, _url_password(database.url), *secret_values())
+        if s
+    ]
+    probes: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
+        APP_DATABASE.key.to_user_string(): lambda: probe_database(database),
+        CLOUDFLARE_STREAM_API.key.to_user_string(): lambda: probe_stream(stream),
+        RESEND_API.key.to_user_string(): lambda: probe_resend(resend),
+        REPORT_STORAGE.key.to_user_string(): lambda: probe_storage(reports),
+    }
+    results = await asyncio.gather(
+        *(
+            measure(name, probe, timeout_s=config.check_timeout_s, secrets=secrets)
+            for name, probe in probes.items()
+        )
+    )
+    report = TaskReport(metadata={"health_checks": {}})
+    for spec, result in zip(CHECK_SPECS, results, strict=True):
+        report.metadata["health_checks"][result.name] = {
+            "ok": result.ok,
+            "latency_ms": result.latency_ms,
+        }
+        report.add("checks_passed" if result.ok else "checks_failed")
+        report.check_results.append(check_result(spec, result))
+        if result.ok:
+            log.info("Health check passed", check=result.name, latency_ms=result.latency_ms)
+        else:
+            log.log(
+                logging.ERROR,
+                "Health check failed",
+                check=result.name,
+                latency_ms=result.latency_ms,
+                error=result.error,
+            )
+    report.counts.setdefault("checks_passed", 0)
+    report.counts.setdefault("checks_failed", 0)
+    log.info("Health check completed", **{r.name: r.ok for r in results})
+    return report
+
+
+asset_checks = [check_services]
+job = TASK.asset_job(selection=AssetSelection.checks(check_services))
+
+__all__ = [
+    "CHECK_NAME",
+    "CHECK_SPECS",
+    "TASK",
+    "HealthCheckConfig",
+    "ProbeResult",
+    "asset_checks",
+    "check_services",
+    "job",
+    "measure",
+    "probe_database",
+    "probe_resend",
+    "probe_storage",
+    "probe_stream",
+]

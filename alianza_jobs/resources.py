@@ -1,0 +1,370 @@
+"""The code location's resources: the database, the Stream and Resend APIs, app config, report files.
+
+Resources are chosen per environment (``ALIANZA_ENV``) in :func:`build_resources`, as Dagster's reference
+projects do. Secrets reach them only as ``dagster.EnvVar``: Dagster resolves them when a run starts,
+and the UI shows the variable's name, never its value. In ``local`` with no token set, Stream and
+Resend are served in-process by the project's emulators (state under ``DAGSTER_HOME/emulators``), so
+``make dev`` works with no network and no accounts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from dagster import EnvVar
+from pydantic import Field
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from alianza_jobs.clients import resend as resend_api
+from alianza_jobs.clients import stream as stream_api
+from alianza_jobs.clients.breaker import BreakerStore, CircuitBreaker, MemoryBreakerStore
+from alianza_jobs.clients.http import (
+    ApiCaller,
+    ErrorClassifier,
+    HeaderRateLimiter,
+    RateLimiter,
+    RetrySettings,
+    SlidingWindowLimiter,
+    Timing,
+    build_async_client,
+    emulator_transport,
+)
+from alianza_jobs.clients.resend import ResendClient
+from alianza_jobs.clients.stream import StreamClient
+from alianza_jobs.db.engine import create_engine, session_factory
+from alianza_jobs.settings import Settings, mask_url
+
+# -- database ----------------------------------------------------------------------------------
+
+
+class Database(dg.ConfigurableResource):  # type: ignore[type-arg]  # generic in its own resource type
+    """The application database (``DATABASE_URL``)."""
+
+    url: str = Field(
+        description=(
+            "SQLAlchemy URL: postgresql://user:pass@host/db or sqlite:///path/file.db; "
+            "the async driver is chosen for you. Pass it with EnvVar so the UI never shows it."
+        )
+    )
+    echo: bool = Field(default=False, description="Log every SQL statement (debugging only).")
+
+    @asynccontextmanager
+    async def engine(self) -> AsyncIterator[AsyncEngine]:
+        """A new engine, disposed (its connections closed) on exit, also when the op is cancelled."""
+        engine = create_engine(self.url, echo=self.echo)
+        try:
+            yield engine
+        finally:
+            await engine.dispose()
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """An ``AsyncSession`` on a new engine; commit it yourself (``async with s.begin():``)."""
+        async with self.engine() as engine, session_factory(engine)() as session:
+            yield session
+
+    @property
+    def display_url(self) -> str:
+        """The URL with its password masked, for logs and messages."""
+        return mask_url(self.url)
+
+
+# -- app config and report files ----------------------------------------------------------------
+
+
+class AppConfig(dg.ConfigurableResource):  # type: ignore[type-arg]
+    email_from: str = Field(
+        description="Default sender (EMAIL_FROM) for rows without from_address."
+    )
+    alert_email_to: list[str] = Field(
+        default_factory=list,
+        description="Who gets failure alerts and daily reports (ALERT_EMAIL_TO).",
+    )
+    alert_webhook_url: str | None = Field(
+        default=None,
+        description="Slack-compatible incoming webhook for alerts (ALERT_WEBHOOK_URL, via EnvVar).",
+    )
+    webserver_url: str = Field(
+        default="http://127.0.0.1:3000",
+        description="Base URL of the Dagster UI, for links in alerts (DAGSTER_WEBSERVER_URL).",
+    )
+
+    def run_url(self, run_id: str) -> str:
+        return f"{self.webserver_url.rstrip('/')}/runs/{run_id}"
+
+
+class ReportStorage(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """A directory of report files (REPORTS_DIR; default ``$DAGSTER_HOME/reports``)."""
+
+    directory: str
+
+    async def write_text(self, name: str, content: str) -> Path:
+        """Write atomically (temp file + rename): a reader never sees half a report."""
+        return await asyncio.to_thread(self._write, name, content)
+
+    async def probe(self) -> None:
+        """Write, read back and remove a file: what the health check needs to know."""
+        await asyncio.to_thread(self._probe)
+
+    def path(self, name: str) -> Path:
+        if "/" in name or "\\" in name or name in ("", ".", ".."):
+            raise ValueError(f"report name {name!r} must be a plain file name")
+        return Path(self.directory) / name
+
+    def _write(self, name: str, content: str) -> Path:
+        target = self.path(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(content)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return target
+
+    def _probe(self) -> None:
+        target = self._write(".health-probe", "ok")
+        try:
+            if target.read_text(encoding="utf-8") != "ok":
+                raise OSError(f"{target} did not read back what was written")
+        finally:
+            target.unlink(missing_ok=True)
+
+
+# -- HTTP APIs -----------------------------------------------------------------------------------
+
+
+class ApiResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 20.0
+    max_attempts: int = 3
+    max_retry_wait_s: float = Field(
+        default=30.0,
+        description=(
+            "Longest wait a call sleeps through (Retry-After, or the client-side rate limit); "
+            "a longer one fails the call at once with retry_after set."
+        ),
+    )
+    emulator_state_dir: str | None = Field(
+        default=None,
+        description="Serve the API from the project's emulator in-process (ALIANZA_ENV=local).",
+    )
+    breaker_failure_threshold: int = 5
+    breaker_cool_down_s: float = 120.0
+
+    @asynccontextmanager
+    async def open_caller(
+        self,
+        *,
+        service: str,
+        base_url: str,
+        emulator_base_url: str,
+        token: str,
+        classify_error: ErrorClassifier,
+        limiter: Callable[[Timing], RateLimiter],
+        max_concurrency: int,
+        breaker_store: BreakerStore | None,
+        timing: Timing | None,
+    ) -> AsyncIterator[tuple[ApiCaller, CircuitBreaker]]:
+        timing = timing or Timing()
+        transport = None
+        if self.emulator_state_dir is not None:
+            transport = emulator_transport(Path(self.emulator_state_dir))
+            base_url = emulator_base_url
+        breaker = CircuitBreaker(
+            service,
+            breaker_store or MemoryBreakerStore(),
+            threshold=self.breaker_failure_threshold,
+            cool_down=self.breaker_cool_down_s,
+            clock=timing.now,
+        )
+        await breaker.load()
+        async with build_async_client(
+            base_url=base_url,
+            headers={"authorization": f"Bearer {token}"},
+            connect_timeout_s=self.connect_timeout_s,
+            read_timeout_s=self.read_timeout_s,
+            max_connections=max_concurrency,
+            transport=transport,
+        ) as http:
+            caller = ApiCaller(
+                service=service,
+                http=http,
+                classify_error=classify_error,
+                limiter=limiter(timing),
+                retry=RetrySettings(
+                    max_attempts=self.max_attempts, max_retry_wait_s=self.max_retry_wait_s
+                ),
+                breaker=breaker,
+                timing=timing,
+                max_concurrency=max_concurrency,
+                secrets=[token],
+            )
+            yield caller, breaker
+
+
+class CloudflareStream(ApiResource):
+    """Cloudflare Stream API (or the in-process emulator when ``emulator_state_dir`` is set)."""
+
+    account_id: str = Field(description="Cloudflare account id.")
+    api_token: str = Field(description="Stream API token (pass as dagster.EnvVar; never logged).")
+    base_url: str = stream_api.DEFAULT_BASE_URL
+    max_concurrency: int = Field(default=8, description="Bound on in-flight requests per client.")
+    rate_limit_requests: int = Field(
+        default=1200,
+        description=(
+            "Requests allowed per window (Cloudflare: 1,200 per 5 minutes per token). Jobs running "
+            "at the same time with one token share it: give each a share when they overlap."
+        ),
+    )
+    rate_limit_window_s: float = 300.0
+    rate_limit_margin_s: float = Field(
+        default=1.0,
+        description=(
+            "Added to the window when counting: requests reach the server a little later than we "
+            "send them, and unevenly; without a margin two sends a window apart can arrive closer."
+        ),
+    )
+
+    @asynccontextmanager
+    async def client(
+        self, *, breaker_store: BreakerStore | None = None, timing: Timing | None = None
+    ) -> AsyncIterator[StreamClient]:
+        """A client with its own connection pool; use one per run.
+
+        ``breaker_store`` keeps the circuit state between runs (default: this client only).
+        ``timing`` replaces clocks and sleep (tests).
+        """
+        async with self.open_caller(
+            service=stream_api.SERVICE,
+            base_url=self.base_url,
+            emulator_base_url=stream_api.EMULATOR_BASE_URL,
+            token=self.api_token,
+            classify_error=stream_api.classify_error,
+            limiter=lambda t: SlidingWindowLimiter(
+                self.rate_limit_requests, self.rate_limit_window_s + self.rate_limit_margin_s, t
+            ),
+            max_concurrency=self.max_concurrency,
+            breaker_store=breaker_store,
+            timing=timing,
+        ) as (caller, breaker):
+            yield StreamClient(caller, self.account_id, breaker)
+
+
+class ResendEmail(ApiResource):
+    """Resend API (or the in-process emulator when ``emulator_state_dir`` is set)."""
+
+    api_key: str = Field(description="Resend API key (pass as dagster.EnvVar; never logged).")
+    base_url: str = resend_api.DEFAULT_BASE_URL
+    max_concurrency: int = Field(
+        default=2, description="Bound on in-flight requests (Resend allows a few per second)."
+    )
+
+    @asynccontextmanager
+    async def client(
+        self, *, breaker_store: BreakerStore | None = None, timing: Timing | None = None
+    ) -> AsyncIterator[ResendClient]:
+        """A client with its own connection pool; use one per run.
+
+        ``breaker_store`` keeps the circuit state between runs (default: this client only).
+        ``timing`` replaces clocks and sleep (tests).
+        """
+        async with self.open_caller(
+            service=resend_api.SERVICE,
+            base_url=self.base_url,
+            emulator_base_url=resend_api.EMULATOR_BASE_URL,
+            token=self.api_key,
+            classify_error=resend_api.classify_error,
+            limiter=HeaderRateLimiter,
+            max_concurrency=self.max_concurrency,
+            breaker_store=breaker_store,
+            timing=timing,
+        ) as (caller, breaker):
+            yield ResendClient(caller, breaker)
+
+
+# -- per environment ----------------------------------------------------------------------------
+
+EMULATOR_BASE = "http://emulator.local"
+# The emulator takes any account id; this one matches its default (importing the emulator package
+# here would put Starlette on the import path of every code-location load).
+EMULATOR_ACCOUNT_ID = "e" * 32
+EMULATOR_TOKEN = "local-emulator-token"  # noqa: S105  # the in-process emulator's, not a secret
+EMULATOR_RESEND_KEY = "re_local_emulator_key"
+
+
+def emulator_state_dir(settings: Settings) -> Path:
+    return settings.state_dir / "emulators"
+
+
+def _database(settings: Settings) -> Database:
+    # The URL may carry a password: from the environment as EnvVar, so the UI shows the name only.
+    if os.environ.get("DATABASE_URL", "").strip():
+        return Database(url=EnvVar("DATABASE_URL"))
+    return Database(url=settings.database_url)
+
+
+def _stream(settings: Settings) -> CloudflareStream:
+    if settings.stream_emulated:
+        return CloudflareStream(
+            account_id=EMULATOR_ACCOUNT_ID,
+            api_token=EMULATOR_TOKEN,
+            base_url=f"{EMULATOR_BASE}/client/v4",
+            emulator_state_dir=str(emulator_state_dir(settings)),
+        )
+    return CloudflareStream(
+        account_id=EnvVar("CLOUDFLARE_ACCOUNT_ID"),
+        api_token=EnvVar("CLOUDFLARE_STREAM_API_TOKEN"),
+        base_url=settings.cloudflare_api_base_url,
+    )
+
+
+def _resend(settings: Settings) -> ResendEmail:
+    if settings.resend_emulated:
+        return ResendEmail(
+            api_key=EMULATOR_RESEND_KEY,
+            base_url=EMULATOR_BASE,
+            emulator_state_dir=str(emulator_state_dir(settings)),
+        )
+    return ResendEmail(api_key=EnvVar("RESEND_API_KEY"), base_url=settings.resend_api_base_url)
+
+
+def _common(settings: Settings) -> dict[str, Any]:
+    return {
+        "database": _database(settings),
+        "stream": _stream(settings),
+        "resend": _resend(settings),
+        "app": AppConfig(
+            email_from=settings.email_from,
+            alert_email_to=settings.alert_email_to,
+            # A webhook URL embeds its own credential: EnvVar, so the UI shows the name only.
+            alert_webhook_url=EnvVar("ALERT_WEBHOOK_URL")
+            if os.environ.get("ALERT_WEBHOOK_URL", "").strip()
+            else None,
+            webserver_url=settings.webserver_url,
+        ),
+        "reports": ReportStorage(directory=str(settings.reports_dir)),
+    }
+
+
+# One entry per environment. They share a shape today; the dict is where an environment that needs
+# a different resource (a read replica, a sandbox API) gets it without touching any task.
+RESOURCES_BY_ENV: dict[str, Callable[[Settings], dict[str, Any]]] = {
+    "local": _common,
+    "dev": _common,
+    "uat": _common,
+    "prod": _common,
+}
+
+
+def build_resources(settings: Settings) -> dict[str, Any]:
+    return RESOURCES_BY_ENV[settings.env.value](settings)

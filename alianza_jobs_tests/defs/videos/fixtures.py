@@ -1,0 +1,85 @@
+"""Helpers shared by the Stream task tests (import explicitly; not a conftest)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Coroutine, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from alianza_jobs.db.models import Streaming
+from alianza_jobs.emulators import EMULATOR_ACCOUNT_ID, EMULATOR_STREAM_TOKEN, StreamEmulator
+from alianza_jobs.resources import CloudflareStream
+from alianza_jobs_tests.db.helpers import migrated_engine
+
+T = TypeVar("T")
+
+
+def uid_for(label: str) -> str:
+    """A stable, valid Stream uid (32 lowercase hex) for a test label."""
+    return hashlib.sha256(label.encode()).hexdigest()[:32]
+
+
+def stream_resource(state_dir: Path, **overrides: Any) -> CloudflareStream:
+    """The Stream resource served by the in-process emulator in ``state_dir``."""
+    return CloudflareStream(
+        account_id=EMULATOR_ACCOUNT_ID,
+        api_token=EMULATOR_STREAM_TOKEN,
+        emulator_state_dir=str(state_dir),
+        **overrides,
+    )
+
+
+def emulator(state_dir: Path) -> StreamEmulator:
+    return StreamEmulator(state_dir)
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """execute_in_process runs the async op on an event loop of its own, so job tests are plain
+    functions that do their database set-up and checks through asyncio.run."""
+    return asyncio.run(coro)
+
+
+def metadata_of(output: Any) -> dict[str, Any]:
+    return {key: value.value for key, value in output.metadata.items()}
+
+
+ROW_DEFAULTS: dict[str, Any] = {
+    "external_id": None,
+    "provider": "cloudflare",
+    "status": "queued",
+    "duration": None,
+    "attempts": 0,
+    "deleted_at": None,
+    "locked_by": None,
+    "locked_until": None,
+}
+
+
+async def insert_streamings(engine: AsyncEngine, rows: list[dict[str, Any]]) -> list[int]:
+    """Insert rows (chunked, bulk; every row gets the same keys); returns their ids in order."""
+    rows = [{**ROW_DEFAULTS, **row} for row in rows]
+    ids: list[int] = []
+    async with engine.begin() as conn:
+        for start in range(0, len(rows), 2000):
+            chunk = rows[start : start + 2000]
+            result = await conn.execute(
+                insert(Streaming).returning(Streaming.id, sort_by_parameter_order=True), chunk
+            )
+            ids += list(result.scalars())
+    return ids
+
+
+async def streamings_by_id(engine: AsyncEngine) -> dict[int, Mapping[str, Any]]:
+    async with engine.connect() as conn:
+        result = await conn.execute(select(Streaming.__table__))
+        return {row.id: dict(row._mapping) for row in result}
+
+
+async def migrate(url: str) -> None:
+    async with migrated_engine(url):
+        pass
