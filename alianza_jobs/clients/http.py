@@ -8,7 +8,7 @@ Error taxonomy (what a task does with each kind):
 * :class:`PermanentApiError`: this *item* is bad (404 unknown video, 422 validation): the task fails
   the item and dead-letters it, and carries on with the others.
 * :class:`FatalApiError`: the task cannot go on (401/403, a daily/monthly quota, an open circuit):
-  the task fails the run without op retries (see :func:`dagster_failure`).
+  the task fails the run without op retries (see ``platform.failures.dagster_failure``).
 
 Inside one call the client retries retryable errors (``max_attempts``, exponential backoff with
 jitter), honouring ``Retry-After`` in seconds or as an HTTP date. A server asking for a longer wait than
@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import httpx
-from dagster import Failure
 
 from alianza_jobs.logs import get_logger
 from alianza_jobs.redaction import redact, secret_values
@@ -159,23 +158,6 @@ class CircuitOpenError(FatalApiError):
     def redacted(self, secrets: Iterable[str]) -> ApiError:
         # last_error was redacted before the breaker stored it.
         return self
-
-
-def dagster_failure(
-    error: ApiError, *, task: str | None = None, counts: Mapping[str, int] | None = None
-) -> Failure:
-    """A Dagster ``Failure`` for an error that ends a task: op retries only if they can help.
-
-    ``task`` prefixes the description (``<task> stopped: ...``); ``counts`` (what the run had done
-    when it stopped) travel in the failure's metadata as ``count_<name>``.
-    """
-    metadata: dict[str, Any] = {k: v for k, v in error.metadata().items() if v is not None}
-    metadata |= {f"count_{k}": v for k, v in (counts or {}).items()}
-    return Failure(
-        description=f"{task} stopped: {error}" if task else str(error),
-        metadata=metadata,
-        allow_retries=error.retryable,
-    )
 
 
 # -- time, injectable for tests ---------------------------------------------------------------------

@@ -25,9 +25,9 @@ from alianza_jobs.clients.http import (
     FatalApiError,
     PermanentApiError,
     RetryableApiError,
-    dagster_failure,
 )
 from alianza_jobs.clients.resend import OutgoingEmail
+from alianza_jobs.platform.failures import dagster_failure
 from alianza_jobs.resources import CloudflareStream, ResendEmail
 from alianza_jobs_tests.clients.conftest import RESEND_KEY, STREAM_TOKEN, FakeClock, LogCapture
 

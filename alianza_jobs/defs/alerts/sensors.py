@@ -40,10 +40,8 @@ from dagster import (
     run_failure_sensor,
     run_status_sensor,
 )
-from sqlalchemy import insert
 
-from alianza_jobs.db.models import EmailQueue, EmailStatus
-from alianza_jobs.db.types import utcnow
+from alianza_jobs.defs.emails import NewEmail, enqueue_emails
 from alianza_jobs.logs import get_logger
 from alianza_jobs.platform.results import job_result
 from alianza_jobs.resources import AppConfig, Database
@@ -163,23 +161,11 @@ def decide_on_success(instance: DagsterInstance, run: DagsterRun, app: AppConfig
 
 
 async def _enqueue_email(database: Database, app: AppConfig, alert: Alert) -> int:
-    rows = [
-        {
-            "to_address": to,
-            "from_address": None,
-            "subject": alert.subject,
-            "text": alert.text,
-            "html": None,
-            "status": EmailStatus.PENDING.value,
-            "next_attempt_at": utcnow(),
-        }
-        for to in app.alert_email_to
-    ]
-    if not rows:
+    emails = [NewEmail(to=to, subject=alert.subject, text=alert.text) for to in app.alert_email_to]
+    if not emails:
         return 0
     async with database.engine() as engine, engine.begin() as conn:
-        await conn.execute(insert(EmailQueue), rows)
-    return len(rows)
+        return len(await enqueue_emails(conn, emails))
 
 
 def _post_webhook(url: str, alert: Alert) -> None:

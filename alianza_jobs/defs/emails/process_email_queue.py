@@ -71,7 +71,6 @@ from alianza_jobs.clients.http import (
     FatalApiError,
     PermanentApiError,
     RetryableApiError,
-    dagster_failure,
 )
 from alianza_jobs.clients.resend import (
     MAX_BATCH,
@@ -87,6 +86,7 @@ from alianza_jobs.db.models import DeadLetter, DeadLetterSource, EmailQueue, Ema
 from alianza_jobs.db.types import utcnow
 from alianza_jobs.defs.emails.rules import MAX_EMAIL_BYTES, InvalidEmail, prepare_email, wire_size
 from alianza_jobs.logs import TaskLogger, get_logger
+from alianza_jobs.platform.failures import dagster_failure
 from alianza_jobs.platform.task import Retry, TaskReport, TaskSpec
 from alianza_jobs.resources import AppConfig, Database, ResendEmail
 

@@ -56,7 +56,7 @@ from typing import Any
 import dagster as dg
 from dagster import AssetExecutionContext, AssetRecordsFilter, DailyPartitionsDefinition
 from dagster._core.errors import DagsterInvalidPropertyError
-from sqlalchemy import ColumnElement, Select, and_, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import Label
@@ -74,6 +74,7 @@ from alianza_jobs.db.models import (
     User,
 )
 from alianza_jobs.db.types import utcnow
+from alianza_jobs.defs.emails import NewEmail, enqueue_emails
 from alianza_jobs.logs import get_logger
 from alianza_jobs.platform.assets import TABLE_GROUP
 from alianza_jobs.platform.task import Retry, TaskReport, TaskSpec
@@ -346,27 +347,15 @@ def render_html(data: Mapping[str, Any]) -> str:
 
 def notification_rows(
     data: Mapping[str, Any], recipients: Sequence[str], run_link: str | None
-) -> list[dict[str, Any]]:
-    """One ``email_queue`` row per recipient (the queue sends one address per row)."""
+) -> list[NewEmail]:
+    """One email per recipient (the queue sends one address per row)."""
     subject = f"Alianza daily report for {data['report_date']}"
     text = render_markdown(data)
     if run_link:
         text += f"\nRun: {run_link}\n"
     body_html = render_html(data)
-    now = utcnow()
     unique = list(dict.fromkeys(r.strip() for r in recipients if r.strip()))
-    return [
-        {
-            "to_address": to,
-            "from_address": None,  # the queue fills in EMAIL_FROM
-            "subject": subject,
-            "text": text,
-            "html": body_html,
-            "status": EmailStatus.PENDING.value,
-            "next_attempt_at": now,
-        }
-        for to in unique
-    ]
+    return [NewEmail(to=to, subject=subject, text=text, html=body_html) for to in unique]
 
 
 # -- storing ----------------------------------------------------------------------------------------
@@ -383,7 +372,7 @@ async def store_report(
     engine: AsyncEngine,
     day: date,
     data: Mapping[str, Any],
-    emails: Sequence[Mapping[str, Any]],
+    emails: Sequence[NewEmail],
 ) -> StoredReport:
     """Upsert the day's row and enqueue its email at most once, in one transaction.
 
@@ -406,14 +395,10 @@ async def store_report(
         notification = current.get(NOTIFICATION_KEY) if isinstance(current, dict) else None
         enqueued: list[int] = []
         if notification is None and emails:
-            result = await conn.execute(
-                insert(EmailQueue).returning(EmailQueue.id, sort_by_parameter_order=True),
-                list(emails),
-            )
-            enqueued = [int(i) for i in result.scalars()]
+            enqueued = await enqueue_emails(conn, emails)
             notification = {
                 "email_queue_ids": enqueued,
-                "to": [e["to_address"] for e in emails],
+                "to": [e.to for e in emails],
                 "enqueued_at": _iso(utcnow()),
             }
         final = dict(data)

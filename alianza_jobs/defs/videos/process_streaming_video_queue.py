@@ -71,7 +71,6 @@ from alianza_jobs.clients.http import (
     FatalApiError,
     PermanentApiError,
     RetryableApiError,
-    dagster_failure,
 )
 from alianza_jobs.clients.stream import MAX_PAGE_SIZE, StreamClient, StreamVideo
 from alianza_jobs.db.breaker_store import DatabaseBreakerStore
@@ -80,6 +79,7 @@ from alianza_jobs.db.engine import read_only
 from alianza_jobs.db.models import DeadLetter, DeadLetterSource, Streaming, StreamingStatus
 from alianza_jobs.db.types import utcnow
 from alianza_jobs.logs import TaskLogger, get_logger
+from alianza_jobs.platform.failures import dagster_failure
 from alianza_jobs.platform.task import Retry, TaskReport, TaskSpec
 from alianza_jobs.resources import CloudflareStream, Database
 

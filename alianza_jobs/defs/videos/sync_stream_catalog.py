@@ -45,7 +45,7 @@ from sqlalchemy import ColumnElement, and_, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from alianza_jobs.clients.http import ApiError, dagster_failure
+from alianza_jobs.clients.http import ApiError
 from alianza_jobs.clients.stream import MAX_PAGE_SIZE
 from alianza_jobs.clients.stream import StreamVideo as ApiVideo
 from alianza_jobs.db.breaker_store import DatabaseBreakerStore
@@ -53,6 +53,7 @@ from alianza_jobs.db.engine import read_only
 from alianza_jobs.db.models import STREAM_UID_MAX, StreamVideo, SyncState
 from alianza_jobs.db.types import utcnow
 from alianza_jobs.logs import TaskLogger, get_logger
+from alianza_jobs.platform.failures import dagster_failure
 from alianza_jobs.platform.task import Retry, TaskReport, TaskSpec
 from alianza_jobs.resources import CloudflareStream, Database
 
