@@ -28,9 +28,10 @@ dev: install $(DAGSTER_HOME)/dagster.yaml ## migrate + seed the local database, 
 test: install ## the whole suite (Postgres tests skip without a server unless ALIANZA_REQUIRE_POSTGRES=1)
 	$(BIN)/pytest
 
-lint: install
+lint: install ## ruff, the formatter's check, and deptry (every import a declared dependency)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/deptry .
 
 format: install
 	$(BIN)/ruff check --fix .
@@ -41,7 +42,7 @@ typecheck: install
 
 check: lint typecheck test
 
-bench: install ## benchmarks against the seed's way, on loopback emulators; writes benchmarks/results/
+bench: install ## benchmarks against the TypeScript package's way, on loopback emulators; writes benchmarks/results/
 	$(BIN)/python -m benchmarks
 
 bench-smoke: install

@@ -1,4 +1,4 @@
-"""Benchmarks of Alianza Jobs against a faithful rendition of the seed's code (issue #8).
+"""Benchmarks of Alianza Jobs against a faithful rendition of the TypeScript package's code (issue #8).
 
 ``python -m benchmarks`` (``make bench``) runs every workload against the Stream and Resend
 emulators served on a loopback socket, on SQLite and on Postgres, alternating our jobs with the

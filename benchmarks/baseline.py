@@ -1,21 +1,21 @@
-"""The seed's three tasks, rendered faithfully in Python: the baseline every workload is held to.
+"""The TypeScript package's three tasks, rendered faithfully in Python: the baseline every workload is held to.
 
-From ``/work/shared/seed/jobs-package.md``: ``processStreamingVideoQueue``, ``processEmailQueue`` and
+As the TypeScript package wrote them: ``processStreamingVideoQueue``, ``processEmailQueue`` and
 ``cleanupExpiredSessions``. Same shape as the TypeScript: load the rows (``findMany``), then one
 sequential loop with one request and one statement per row, each statement its own transaction
 (Drizzle outside ``db.transaction`` autocommits), a child logger per item. Same database, same
 engine settings (``alianza_jobs.db.engine.create_engine``: WAL, busy timeout), same
 emulator on the same socket as our jobs.
 
-Where the seed leaves something out, the baseline gets the benefit of the doubt, so every ratio
+Where the TypeScript package leaves something out, the baseline gets the benefit of the doubt, so every ratio
 against it is, if anything, an understatement:
 
 * one ``httpx.AsyncClient`` for the whole run (kept-alive connections; a Worker's ``fetch`` may
   open a new one per request);
-* ``sendEmail`` waits out a 429 (``retry-after``) and tries again. The seed's loop would mark the
+* ``sendEmail`` waits out a 429 (``retry-after``) and tries again. The TypeScript package's loop would mark the
   email failed for good (``markEmailAsFailed``) and most of a backlog would never be sent under
   Resend's 5 requests/s; that is no throughput to compare with;
-* the email queue is drained by calling the task again at once until nothing is pending (the seed
+* the email queue is drained by calling the task again at once until nothing is pending (the TypeScript package
   takes 50 per cron tick, one tick a minute: 5,000 emails would take 100 minutes).
 """
 
@@ -37,19 +37,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from alianza_jobs.db.models import EmailQueue, EmailStatus, Streaming, UserSession
 
-SEED_EMAIL_LIMIT = 50  # processEmailQueue: findMany({ where: pending, limit: 50 })
+BASELINE_EMAIL_LIMIT = 50  # processEmailQueue: findMany({ where: pending, limit: 50 })
 HTTP_TIMEOUT_S = 30.0
 
 
-class SeedLogger:
-    """The seed's ``logger.child(ctx)``: JSON lines with the bound context, on stderr."""
+class BaselineLogger:
+    """The TypeScript package's ``logger.child(ctx)``: JSON lines with the bound context, on stderr."""
 
     def __init__(self, context: dict[str, Any] | None = None) -> None:
         self.context = dict(context or {})
         self._out = logging.getLogger("benchmarks.baseline")
 
-    def child(self, **context: Any) -> SeedLogger:
-        return SeedLogger({**self.context, **context})
+    def child(self, **context: Any) -> BaselineLogger:
+        return BaselineLogger({**self.context, **context})
 
     def _log(self, level: int, message: str, **fields: Any) -> None:
         if self._out.isEnabledFor(level):
@@ -166,7 +166,7 @@ async def send_email(
 
 
 async def process_streaming_video_queue(
-    db: AsyncEngine, http: httpx.AsyncClient, account_id: str, logger: SeedLogger
+    db: AsyncEngine, http: httpx.AsyncClient, account_id: str, logger: BaselineLogger
 ) -> Counters:
     """``processStreamingVideoQueue``: one GET and (if settled) one UPDATE per queued video."""
     job_logger = logger.child(task="processStreamingVideoQueue")
@@ -239,7 +239,7 @@ async def process_email_queue(
     db: AsyncEngine,
     http: httpx.AsyncClient,
     email_from: str,
-    logger: SeedLogger,
+    logger: BaselineLogger,
     counters: Counters,
 ) -> int:
     """``processEmailQueue``: up to 50 pending emails, one POST and one UPDATE each."""
@@ -248,7 +248,7 @@ async def process_email_queue(
             await conn.execute(
                 select(EmailQueue.__table__)
                 .where(EmailQueue.status == EmailStatus.PENDING.value)
-                .limit(SEED_EMAIL_LIMIT)
+                .limit(BASELINE_EMAIL_LIMIT)
             )
         ).all()
         await conn.commit()
@@ -267,7 +267,7 @@ async def process_email_queue(
 
 
 async def drain_email_queue(
-    db: AsyncEngine, http: httpx.AsyncClient, email_from: str, logger: SeedLogger
+    db: AsyncEngine, http: httpx.AsyncClient, email_from: str, logger: BaselineLogger
 ) -> Counters:
     """Call ``processEmailQueue`` back to back (one cron tick each) until nothing is pending."""
     counters = Counters()
@@ -278,7 +278,7 @@ async def drain_email_queue(
     return counters
 
 
-async def cleanup_expired_sessions(db: AsyncEngine, logger: SeedLogger) -> Counters:
+async def cleanup_expired_sessions(db: AsyncEngine, logger: BaselineLogger) -> Counters:
     """``cleanupExpiredSessions``: load every expired session, delete them one by one."""
     counters = Counters()
     async with db.connect() as conn:
@@ -313,7 +313,7 @@ async def run(task: str, *, database_url: str, env: dict[str, str]) -> tuple[Cou
     """Run one baseline task against ``database_url``; returns its counters and wall seconds."""
     from alianza_jobs.db.engine import create_engine
 
-    logger = SeedLogger()
+    logger = BaselineLogger()
     started = time.perf_counter()
     db = create_engine(database_url)
     try:

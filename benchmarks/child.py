@@ -9,7 +9,7 @@ needs first, then times only the run itself, and writes a JSON report to ``--res
   (the code location's job, with the code location's resources, when the job is registered there;
   else the task module's job with the same ``build_resources``). Counters come from the op's
   output metadata.
-* ``baseline``: the seed's task from :mod:`benchmarks.baseline`.
+* ``baseline``: the TypeScript package's task from :mod:`benchmarks.baseline`.
 * ``import``: how long importing the code location takes (``alianza_jobs.definitions``).
 * ``cli``: ``alianza-jobs ARGUMENTS`` run in this process, so its peak RSS can be read too.
 """

@@ -13,7 +13,7 @@ How to read this. Each number is the median over the repetitions (min-max in bra
 matters) of runs that succeeded *and* left the database and the emulator in the right end state.
 Each run is a child process on a fresh copy of the same generated data, our job
 (`execute_in_process` of the real job, `ALIANZA_ENV=prod` settings pointing at the emulators on a
-loopback socket) alternating with the seed's loop (`benchmarks/baseline.py`). *Wall* is the job
+loopback socket) alternating with the TypeScript package's loop (`benchmarks/baseline.py`). *Wall* is the job
 run itself (Dagster's run machinery included for ours; interpreter start-up and imports excluded
 for both, see *code location* for those); *op* is our op alone, inside that run. *Rows/s* = rows drained / wall. *API calls* are the
 requests the emulator served (429s included). *Peak RSS* is the child's own (`VmHWM`). The

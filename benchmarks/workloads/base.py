@@ -194,7 +194,7 @@ class Workload(ABC):
 
 
 class QueueWorkload(Workload):
-    """A job that drains a queue, held against the seed's loop on the same data."""
+    """A job that drains a queue, held against the TypeScript package's loop on the same data."""
 
     job: str
     timeout_s: float = 900.0

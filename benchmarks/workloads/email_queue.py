@@ -1,9 +1,9 @@
-"""Email queue drain: ``process_email_queue`` against the seed's one-POST-per-email loop.
+"""Email queue drain: ``process_email_queue`` against the TypeScript package's one-POST-per-email loop.
 
 The queue: ``n`` pending emails (the demo data's Spanish templates, one recipient each, due now,
 sender left to ``EMAIL_FROM``). The emulator answers 50 ms late and holds every API key to
 Resend's 5 requests per second (every run gets a key of its own). At 100 emails per batch request
-that bounds any client at 500 emails per second; the seed's one email per request, at 5.
+that bounds any client at 500 emails per second; the TypeScript package's one email per request, at 5.
 
 End state, checked after every run: every row ``sent``, and the emulator's inbox holds exactly
 ``n`` emails, one per row, none twice.

@@ -1,10 +1,10 @@
-"""Session cleanup: ``cleanup_expired_sessions`` against the seed's load-all, delete-one-by-one loop.
+"""Session cleanup: ``cleanup_expired_sessions`` against the TypeScript package's load-all, delete-one-by-one loop.
 
 The table: ``expired`` sessions (expired between a minute and 30 days ago) and 50,000 live ones
 (expiring one to 30 days from now), over 2,000 users of whom every 50th is soft-deleted. No API.
 
 End state: no expired session left, every live session of a live user kept. Ours also deletes the
-live sessions of soft-deleted users (a deleted account must not stay logged in); the seed keeps
+live sessions of soft-deleted users (a deleted account must not stay logged in); the TypeScript package keeps
 them. Rows per second counts every session the run deleted.
 """
 

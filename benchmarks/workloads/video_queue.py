@@ -1,4 +1,4 @@
-"""Video queue reconcile: ``process_streaming_video_queue`` against the seed's one-GET-per-row loop.
+"""Video queue reconcile: ``process_streaming_video_queue`` against the TypeScript package's one-GET-per-row loop.
 
 The queue: ``n`` queued Cloudflare rows, created one second apart, whose videos are 77% ready (with
 a duration), 10% errored, 10% still processing and 3% unknown to Stream (deleted: 404). The
@@ -8,7 +8,7 @@ catalog does. The emulator answers every request 50 ms late and enforces Cloudfl
 
 End state, checked after every run: ready rows ``ready`` with the video's exact duration, errored
 ones ``error``; ours also settles the deleted ones (``error``, not found) and stamps ``checked_at``
-on those still processing; the seed leaves both queued. No row may stay leased.
+on those still processing; the TypeScript package leaves both queued. No row may stay leased.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class VideoQueue(QueueWorkload):
         "Queued Cloudflare rows created a second apart; their videos 77% ready, 10% errored, 10% "
         "still processing, 3% unknown to Stream (404); the account holds 10% more videos besides. "
         "Ours also settles the unknown ones (error) and stamps `checked_at` on those still "
-        "processing; the seed leaves both queued."
+        "processing; the TypeScript package leaves both queued."
     )
     emulator = EmulatorSettings(latency_ms=50, stream_rate_limit=1200, stream_rate_window_s=300)
 
