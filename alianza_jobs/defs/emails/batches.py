@@ -1,9 +1,7 @@
-"""A claimed batch of ``email_queue`` rows, its split into Resend requests, and their idempotency keys.
-
-A fresh batch is split where a request body would pass ``max_request_bytes``; each request's key is
-derived from its emails and namespaced by its row ids. A group (rows already stamped with a key) is
-always sent again as one request under the key it already has.
-"""
+"""A claimed batch of ``email_queue`` rows, its split into Resend requests, and their idempotency
+keys: a fresh batch is split where a request would pass ``max_request_bytes``, each request keyed
+by its emails and row ids; a group (rows already stamped) is sent again as one request under the key
+it has."""
 
 from __future__ import annotations
 

@@ -1,10 +1,7 @@
-"""``process_email_queue``: every due email sent through Resend in batches of up to 100, exactly once.
-
-The TaskSpec, the op and the job. The op checks ``EMAIL_FROM``, opens the database and the Resend
-client and runs an :class:`~alianza_jobs.defs.emails.sending.EmailQueueRun`; a stop that retrying
-soon cannot fix (401/403, quota, breaker open) fails the run without op retries. How the queue
-keeps delivery exactly once is in ``docs/emails.md``.
-"""
+"""``process_email_queue``: the TaskSpec, the op and the job that send every due email through
+Resend exactly once; the op checks ``EMAIL_FROM``, opens the database and the Resend client, runs an
+:class:`~alianza_jobs.defs.emails.sending.EmailQueueRun`, and fails without op retries on a stop
+that retrying soon cannot fix (401/403, quota, breaker open). How: ``docs/emails.md``."""
 
 from __future__ import annotations
 

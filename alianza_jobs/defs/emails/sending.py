@@ -1,8 +1,6 @@
-"""One run of the email queue: workers that claim a batch, stamp its keys, send it and settle it.
-
-Each worker claims a stale group first (whole) or else up to ``batch_size`` fresh due rows, until
-nothing is due, the time budget has passed, or a :class:`StopRun` ends the run for all of them.
-"""
+"""One run of the email queue: workers that each claim a stale group (whole) or else fresh due rows,
+stamp their keys, send and settle them, until nothing is due, the time budget has passed, or a
+:class:`StopRun` ends the run for all of them."""
 
 from __future__ import annotations
 
