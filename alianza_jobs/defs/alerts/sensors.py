@@ -1,22 +1,9 @@
-"""Alerting: the seed's "alerting for critical failures", without alert storms.
+"""Alerts on failed runs, and one notice on recovery, without a storm while a job keeps failing.
 
-Two run-status sensors watch every job of this code location:
-
-* a failed run (a task error, a timeout, a failed health check) alerts;
-* a successful run right after failures sends one recovery notice.
-
-A job that keeps failing every minute must not send an email every minute. Whether a failure alerts
-is decided from the job's run history alone, so it is the same whichever sensor tick (or retry of a
-tick) looks at it, and needs no state of its own:
-
-* the first failure after a success (or ever) sends an alert;
-* later failures of the same streak send one "still failing" summary per hour of the streak (the
-  first failure in each hour after the streak began);
-* the first success after a failure sends a recovery notice.
-
-Alerts go to ``ALERT_EMAIL_TO`` through the email queue (so they get its retries and exactly-once
-delivery) and to an optional Slack-compatible ``ALERT_WEBHOOK_URL`` directly (so an alert about the
-email queue itself still gets out).
+Whether a run alerts is decided from its job's run history alone (first failure of a streak, then
+one "still failing" summary per hour of the streak, then one recovery notice), so any sensor tick,
+or a retried one, decides the same way. Alerts go to ``ALERT_EMAIL_TO`` through the email queue
+and to an optional ``ALERT_WEBHOOK_URL`` directly; ``docs/alerts.md`` says why both.
 """
 
 from __future__ import annotations
@@ -94,7 +81,7 @@ def _created(instance: DagsterInstance, run_id: str) -> datetime:
     return record.create_timestamp
 
 
-def _streak(instance: DagsterInstance, run: DagsterRun) -> tuple[list[RunRecord], datetime | None]:
+def _streak(instance: DagsterInstance, run: DagsterRun) -> list[RunRecord]:
     """Failed runs of the job since its last success, oldest first, up to and including ``run``."""
     created = _created(instance, run.run_id)
     last_success = instance.get_run_records(
@@ -113,11 +100,11 @@ def _streak(instance: DagsterInstance, run: DagsterRun) -> tuple[list[RunRecord]
         ),
         ascending=True,
     )
-    return [*failures, *instance.get_run_records(RunsFilter(run_ids=[run.run_id]))], since
+    return [*failures, *instance.get_run_records(RunsFilter(run_ids=[run.run_id]))]
 
 
 def decide_on_failure(instance: DagsterInstance, run: DagsterRun, app: AppConfig) -> Alert | None:
-    streak, _ = _streak(instance, run)
+    streak = _streak(instance, run)
     first = streak[0]
     outcome = job_result(instance, run.run_id)
     alert = Alert(
@@ -149,7 +136,7 @@ def decide_on_success(instance: DagsterInstance, run: DagsterRun, app: AppConfig
     )
     if not previous or previous[0].dagster_run.status != DagsterRunStatus.FAILURE:
         return None
-    streak, _ = _streak(instance, previous[0].dagster_run)
+    streak = _streak(instance, previous[0].dagster_run)
     return Alert(
         kind="recovered",
         job=run.job_name,
@@ -221,6 +208,3 @@ def notify_on_recovery(context: RunStatusSensorContext, database: Database, app:
     alert = decide_on_success(context.instance, context.dagster_run, app)
     if alert is not None:
         deliver(alert, database, app)
-
-
-sensors = [alert_on_run_failure, notify_on_recovery]

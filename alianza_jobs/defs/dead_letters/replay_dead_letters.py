@@ -1,29 +1,11 @@
 """``replay_dead_letters``: put dead items back into their queue, by hand, after the cause is fixed.
 
 Run config: ``source`` (``email_queue`` or ``streamings``), ``ids`` (dead-letter ids; empty means
-every unreplayed dead letter of that source) and ``dry_run``. For each dead letter whose item is
-still dead, the item goes back to its queue as due and the dead letter gets ``replayed_at``; both in
-one transaction per page of dead letters, so a cancelled run keeps what it finished and never marks
-a letter replayed without requeueing its item (or the reverse).
-
-* **email_queue** rows (status ``dead``) → ``pending``, ``attempts`` 0, ``next_attempt_at`` now,
-  lease cleared; ``last_error`` keeps why it died. The ``idempotency_key`` is **kept**: a row that died of exhausted attempts may have
-  been delivered by its last send; re-sent as the same group under the same key within Resend's
-  24 hours, it is answered from Resend's cache and not delivered twice. Rows Resend refused, or
-  that broke our rules, have no key (``process_email_queue`` cleared it) and go out in a fresh batch.
-  Replaying *part* of a group after such a send arrived makes Resend refuse the key with other
-  content; ``process_email_queue`` then dead-letters the rows again with that reason and without
-  the key, and a second replay sends them for certain (the operator has been told they were
-  probably delivered).
-* **streamings** rows (status ``error``, not soft-deleted) → ``queued``, ``attempts`` 0,
-  ``error_reason`` and ``checked_at`` null, lease cleared.
-
-What is not replayed, and reported as such: a dead letter already replayed, of the other source, or
-unknown (``ids`` given); one whose item is gone (``missing``) or no longer dead, e.g. sent or
-requeued since (``not_dead``). Those letters are left unmarked: nothing was put back for them.
-Several dead letters of one item are all marked when it is requeued.
-
-A dry run changes nothing and reports the same counts, with the ids it would touch.
+every unreplayed one of that source) and ``dry_run``. Each page of dead letters is one transaction:
+the items still dead go back to their queue as due and their letters get ``replayed_at``; letters
+already replayed, unknown, of the other source, or whose item is gone or no longer dead are
+reported and left unmarked. What an email keeps (its idempotency key) and why is in
+``docs/dead_letters.md``.
 """
 
 from __future__ import annotations
@@ -87,7 +69,6 @@ class ReplayConfig(dg.Config):
 class Queue:
     """How one source's items are found dead and put back."""
 
-    source: str
     model: type[EmailQueue] | type[Streaming]
     dead: ColumnElement[bool]
 
@@ -111,10 +92,9 @@ class Queue:
 
 QUEUES: dict[str, Queue] = {
     DeadLetterSource.EMAIL_QUEUE.value: Queue(
-        DeadLetterSource.EMAIL_QUEUE.value, EmailQueue, EmailQueue.status == EmailStatus.DEAD.value
+        EmailQueue, EmailQueue.status == EmailStatus.DEAD.value
     ),
     DeadLetterSource.STREAMINGS.value: Queue(
-        DeadLetterSource.STREAMINGS.value,
         Streaming,
         and_(Streaming.status == StreamingStatus.ERROR.value, Streaming.deleted_at.is_(None)),
     ),
@@ -211,9 +191,7 @@ async def replay_page(
     )
 
 
-async def replay(
-    engine: AsyncEngine, config: ReplayConfig, *, log: TaskLogger, now: datetime | None = None
-) -> Outcome:
+async def replay(engine: AsyncEngine, config: ReplayConfig, *, log: TaskLogger) -> Outcome:
     queue = QUEUES[config.source]
     outcome = Outcome()
     outcome.report.counts.update({"dead_letters_replayed": 0, "items_requeued": 0})
@@ -231,7 +209,7 @@ async def replay(
             if pages >= len(chunks):
                 break
             among = chunks[pages]
-        now_ = now or utcnow()
+        now = utcnow()
         # One transaction per page: the items and their letters change together or not at all.
         # A dry run only reads (read_only: on SQLite it does not take the write lock).
         session = read_only(engine).connect() if config.dry_run else engine.begin()
@@ -240,7 +218,7 @@ async def replay(
             letters = [(r.id, r.source_id) for r in await conn.execute(query)]
             if letters:
                 await replay_page(
-                    conn, queue, letters, now=now_, dry_run=config.dry_run, outcome=outcome
+                    conn, queue, letters, now=now, dry_run=config.dry_run, outcome=outcome
                 )
         pages += 1
         if letters:

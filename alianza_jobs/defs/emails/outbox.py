@@ -1,7 +1,5 @@
-"""What other domains may do with email: put messages in the queue that ``process_email_queue`` sends.
-
-The one entry point into this domain from outside it: alerts and daily reports enqueue through it,
-in the caller's own transaction, so a report and its notification commit (or vanish) together.
+"""What other domains may do with email: put messages in the queue that ``process_email_queue``
+sends, in the caller's own transaction, so a report and its notification commit or vanish together.
 """
 
 from __future__ import annotations

@@ -1,41 +1,15 @@
 """What an ``email_queue`` row must satisfy before it may go into a Resend batch.
 
-A row that breaks a rule is dead-lettered by ``process_email_queue`` with the rule's reason and is
-never sent. The rules, and why:
-
-* **Addresses** (``to_address``, ``from_address``, and ``EMAIL_FROM`` for rows without a sender):
-  ``local@domain`` or ``Display Name <local@domain>``, the two forms Resend documents.
-
-  - Local part: a dot-atom (RFC 5322: no leading, trailing or doubled dot) of ASCII ``atext``, or of
-    non-ASCII letters, digits and symbols as RFC 6531 (SMTPUTF8) allows. At most 64 octets.
-    Quoted local parts (``"john doe"@x``) are refused: Resend's own address format does not admit
-    them and practically no real mailbox needs one.
-  - Domain: at least two labels of letters, digits and inner hyphens, 63 octets each, 253 in all,
-    top-level label not all digits; no IP literals (Resend sends to domains only).
-    **Internationalised domains** (``bücher.de``) are accepted and sent in their ASCII form
-    (``xn--bcher-kva.de``, IDNA): every mail system accepts the A-label, so nothing is lost.
-  - **Internationalised local parts** (``josé@example.com``) pass our check and go to Resend as
-    they are. Resend documents no SMTPUTF8 support either way: if it refuses one, the permissive
-    batch answers with a per-email error and that row alone is dead-lettered with Resend's reason;
-    the rest of the batch is sent. We do not refuse what the provider may accept.
-  - Whole address at most 254 octets (RFC 5321's 256-octet path minus the angle brackets).
-
-* **Header values** (subject, display names, any custom header): no CR, LF or NUL, nor the Unicode
-  line separators (U+0085, U+2028, U+2029) some mail libraries also break lines on. A line break in
-  a header is how header injection works (``Subject: hi\\r\\nBcc: everyone``): such a row is
-  refused outright, never "cleaned up" and sent.
-* **Subject**: required and non-empty (Resend answers 422 without one).
-* **Body**: ``html`` or ``text``, at least one non-empty (Resend's 422 ``missing_required_field``).
-* **Size**: Resend documents a maximum of 40 MB per email ("max 40MB per email, after Base64
-  encoding of the attachments", Send Email API reference). We hold the whole JSON of the email as
-  it goes on the wire (escaping included) to 40,000,000 bytes, the stricter reading of "MB".
+Addresses (``local@domain`` or ``Name <local@domain>``, internationalised domains sent in their
+ASCII form), header values without line breaks, a subject, a body, and at most 40,000,000 bytes of
+JSON per email. A row that breaks a rule is dead-lettered with the rule's reason and never sent;
+``docs/emails.md`` says why each rule is drawn where it is.
 """
 
 from __future__ import annotations
 
 import json
 import unicodedata
-from collections.abc import Mapping
 
 from alianza_jobs.clients.resend import OutgoingEmail
 
@@ -70,14 +44,6 @@ def check_header_value(value: str, *, field: str) -> None:
     found = next((c for c in value if c in _LINE_BREAKS), None)
     if found is not None:
         raise InvalidEmail(field, f"contains a line break or NUL ({found!r}): refused, never sent")
-
-
-def check_headers(headers: Mapping[str, str]) -> None:
-    """Custom headers: RFC 5322 field names (printable ASCII, no colon), clean values."""
-    for name, value in headers.items():
-        if not name or any(not 33 <= ord(c) <= 126 or c == ":" for c in name):
-            raise InvalidEmail("headers", f"invalid header name {name[:64]!r}")
-        check_header_value(value, field=f"headers.{name}")
 
 
 def normalize_address(value: str | None, *, field: str) -> str:
@@ -198,7 +164,6 @@ __all__ = [
     "MAX_EMAIL_BYTES",
     "InvalidEmail",
     "check_header_value",
-    "check_headers",
     "normalize_address",
     "prepare_email",
     "wire_size",

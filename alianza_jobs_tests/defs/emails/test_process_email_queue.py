@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from alianza_jobs.db.models import CircuitBreaker
 from alianza_jobs.db.types import utcnow
 from alianza_jobs.defs.emails import process_email_queue as task
+from alianza_jobs.defs.emails import sending
 from alianza_jobs.defs.emails.process_email_queue import (
     EmailQueueConfig,
     EmailQueueRun,
@@ -234,7 +235,7 @@ async def test_unknown_outcome_is_resent_under_the_same_key_and_not_delivered_tw
     assert emulator.counts_by_idempotency_key() == {key: 10}  # it did get through
 
     emulator.configure(error_rate=0.0)
-    monkeypatch.setattr(task, "now_utc", later(3600))
+    monkeypatch.setattr(sending, "now_utc", later(3600))
     meta = metadata_of(await run_op(database_url, state_dir, EmailQueueConfig(), max_attempts=1))
     assert (meta["sent"], meta["resent"]) == (10, 1)
     rows = await rows_by_id(engine)
@@ -440,7 +441,7 @@ async def test_process_killed_after_send_rows_wait_for_the_lease_then_no_duplica
     assert emulator.calls(service="resend") == calls
     assert {r.status for r in (await rows_by_id(engine)).values()} == {"sending"}
 
-    monkeypatch.setattr(task, "now_utc", later(121))
+    monkeypatch.setattr(sending, "now_utc", later(121))
     meta = metadata_of(await run_op(database_url, state_dir, config))
     assert (meta["sent"], meta["resent"]) == (6, 1)
     assert_delivered_once(emulator, await rows_by_id(engine), set(ids))
@@ -568,7 +569,7 @@ def test_job_delivers_every_valid_email_exactly_once_despite_500s_and_the_rate_l
     # Between ticks the task's clock and Resend's (its rate-limit window) move on a minute instead
     # of the test sleeping: back to back, a run would open on the last one's full window.
     offset = [0.0]
-    monkeypatch.setattr(task, "now_utc", lambda: utcnow() + timedelta(seconds=offset[0]))
+    monkeypatch.setattr(sending, "now_utc", lambda: utcnow() + timedelta(seconds=offset[0]))
 
     started = time.perf_counter()
     runs = []
