@@ -21,6 +21,7 @@ from dagster import DagsterInstance, build_op_context
 
 from alianza_jobs.db.claims import claim_rows
 from alianza_jobs.defs.emails import process_email_queue as email_task
+from alianza_jobs.defs.emails import sending as email_sending
 from alianza_jobs.defs.videos import process_streaming_video_queue as video_task
 from alianza_jobs.emulators.config import FaultSettings, ResendSettings, StreamSettings
 from alianza_jobs.emulators.faults import FaultKind, plan_faults
@@ -168,10 +169,11 @@ def test_email_task_stuck_on_a_send(
         assert 409 in served  # the re-send met the first one still in flight
 
 
-def cancelled_as_it_commits(claim: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+def cancelled_as_it_commits(
+    claim: Callable[..., Awaitable[T]], fired: list[bool]
+) -> Callable[..., Awaitable[T]]:
     """The claim commits, then the cancellation lands (the task's timeout, or a sibling worker's
-    failure cancelling this one) before its caller sees the rows: once."""
-    fired: list[bool] = []
+    failure cancelling this one) before its caller sees the rows: once (``fired`` records it)."""
 
     async def claimed_then_cancelled(*args: Any, **kwargs: Any) -> T:
         result = await claim(*args, **kwargs)
@@ -196,14 +198,15 @@ def test_cancelled_just_as_the_claim_commits(
     way out, or they sit out the whole lease (3 minutes) while the retry finds nothing to do."""
     res = resources(pg_url, emulators)
     config: Any
+    fired: list[bool] = []
     if queue == "email":
         work: Any = run_async(seed_emails(pg_url, "cancel", valid=30))
-        monkeypatch.setattr(email_task, "claim_rows", cancelled_as_it_commits(claim_rows))
+        monkeypatch.setattr(email_sending, "claim_rows", cancelled_as_it_commits(claim_rows, fired))
         op, config = email_task.send_due_emails, email_task.EmailQueueConfig(batch_size=10)
     else:
         work = run_async(seed_videos(pg_url, emulators.stream, "cancel"))
         monkeypatch.setattr(
-            video_task, "lease_due_rows", cancelled_as_it_commits(video_task.lease_due_rows)
+            video_task, "lease_due_rows", cancelled_as_it_commits(video_task.lease_due_rows, fired)
         )
         op, config = video_task.check_queued_videos, video_task.VideoQueueConfig()
 
@@ -213,6 +216,7 @@ def test_cancelled_just_as_the_claim_commits(
             await op(context, config)
 
     run_async(attempt())
+    assert fired, "the claim was never cancelled: the fault did not reach the task"
     rows = run_async(email_rows(pg_url) if queue == "email" else streaming_rows(pg_url))
     leased = [i for i, r in rows.items() if r["locked_by"] is not None]
     monkeypatch.undo()

@@ -8,7 +8,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -31,8 +31,6 @@ from alianza_jobs.defs.emails.plans import Plan
 from alianza_jobs.defs.emails.rules import InvalidEmail, prepare_email
 from alianza_jobs.logs import TaskLogger
 from alianza_jobs.platform.task import TaskReport
-
-ClaimRows = Callable[..., Awaitable[list[EmailQueue]]]
 
 
 def now_utc() -> datetime:
@@ -64,7 +62,6 @@ class EmailQueueRun:
         log: TaskLogger,
         clock: Callable[[], datetime] | None = None,
         rand: Callable[[], float] = random.random,
-        claim: ClaimRows = claim_rows,
     ) -> None:
         self.engine = engine
         self.api = api
@@ -75,7 +72,6 @@ class EmailQueueRun:
         # Looked up on each call, so a test that replaces `now_utc` moves every run's clock.
         self.clock = clock or (lambda: now_utc())
         self.rand = rand
-        self.claim = claim
         self.lease = timedelta(seconds=config.lease_s)
         self.report = TaskReport()
         for key in ("processed", "sent", "retrying", "dead", "restored", "batches", "resent"):
@@ -183,7 +179,7 @@ class EmailQueueRun:
             key = await queue_sql.stale_group_key(self.engine, now, self.skipped_keys)
             if key is None:
                 break
-            rows = await self.claim(
+            rows = await claim_rows(
                 self.engine,
                 EmailQueue,
                 owner=owner,
@@ -201,7 +197,7 @@ class EmailQueueRun:
             await self._write_guarded(Batch(rows=rows), owner, log, plans.restored(rows), None)
             self.skipped_keys.add(key)
         now = self.clock()
-        rows = await self.claim(
+        rows = await claim_rows(
             self.engine,
             EmailQueue,
             owner=owner,
