@@ -1,31 +1,7 @@
-"""``health_check``: the seed's ``healthCheckTask``, as one asset check per service.
-
-Every minute, four probes run side by side, each with its own deadline, and each becomes an asset
-check on its service's asset (see ``defs/health/assets.py``), so the UI shows every service's
-history of passes and failures with its latency:
-
-* ``app_database``: ``SELECT 1``, and the schema at the migrations' head (a deploy whose migration
-  did not run is as broken as a database that is down);
-* ``cloudflare_stream_api``: ``GET /accounts/{id}/stream?limit=1``, an authenticated read;
-* ``resend_api``: ``GET /emails/{id}`` for an id no email has: an authenticated read that sends
-  nothing (Resend has no ping). An API key made for sending only (the safe kind to deploy) is
-  refused every endpoint but sending, with 401 ``restricted_api_key``: that answer proves the key
-  is valid, so it counts as healthy, as does the 404 ``not_found`` a full-access key gets. A
-  revoked or wrong key (400/401/403 with another name), a 5xx, a timeout or a 404 without Resend's
-  error body all fail. (``GET /domains`` would do as well on the real API, but the emulator serves
-  no such route, while its ``GET /emails/{id}`` authenticates like the real one);
-* ``report_storage``: write, read back and delete a file (``ReportStorage.probe``).
-
-The probes call the services directly, one request each, with no retries and no circuit breaker:
-a health check reports what it sees, and must not hide a flaky service behind retries nor trip
-the breaker the real tasks share.
-
-Any failed check fails the run, so alerting (which keys off failed runs) fires: the checks are
-``blocking``, and Dagster fails the step once every result has been recorded (a failed blocking
-check with ERROR severity raises after the last one), rather than stopping at the first.
-Results also go into ``TaskReport.metadata["health_checks"]`` (``{"check": {"ok", "latency_ms"}}``)
-so the Pushgateway gets ``alianza_health_check_up`` and ``..._latency_seconds`` per service.
-"""
+"""``health_check``: every minute, probes the app database, the Cloudflare Stream and Resend APIs
+and the report storage side by side, each under its own deadline and with one request and no
+retries, and records each as a blocking asset check on its service's asset, so any failure fails
+the run; see docs/health.md."""
 
 from __future__ import annotations
 

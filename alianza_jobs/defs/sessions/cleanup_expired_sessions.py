@@ -1,14 +1,6 @@
-"""``cleanup_expired_sessions``: the seed's daily ``cleanupExpiredSessions``, without its failure modes.
-
-The seed loaded every expired session into memory and deleted them one statement at a time. Here:
-
-* sessions go in bounded batches (``DELETE ... WHERE id IN (SELECT id ... LIMIT n)``), each batch its
-  own short transaction, so the table is never locked for long, a cancelled run keeps what it did,
-  and memory does not grow with the backlog;
-* sessions of soft-deleted users go too, expired or not: a deleted account must not stay logged in;
-* Dagster's own run history older than ``run_retention_days`` is pruned (runs and their event logs),
-  so the instance's storage does not grow without bound at one run a minute per job.
-"""
+"""``cleanup_expired_sessions``: deletes expired login sessions, and every session of a
+soft-deleted user, in bounded batches of short transactions, then prunes Dagster's finished runs
+older than the retention; see docs/sessions.md."""
 
 from __future__ import annotations
 

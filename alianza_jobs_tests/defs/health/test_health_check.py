@@ -363,7 +363,7 @@ async def test_network_failure_is_a_failed_check_without_the_request_headers() -
 # -- definitions ------------------------------------------------------------------------------------
 
 
-def test_job_schedule_and_checks_are_declared_as_the_seed_had_them(tmp_path: Path) -> None:
+def test_job_schedule_and_checks_are_declared(tmp_path: Path) -> None:
     schedule = task.TASK.schedule(task.job, load_settings())
     assert schedule is not None
     assert (schedule.cron_schedule, schedule.execution_timezone) == ("* * * * *", "UTC")

@@ -32,7 +32,10 @@ from alianza_jobs.db.models import (
 )
 from alianza_jobs.defs.emails.assets import EMAIL_QUEUE
 from alianza_jobs.defs.reports import daily_report as task
-from alianza_jobs.defs.reports.daily_report import build_daily_report, store_report
+from alianza_jobs.defs.reports import report_figures as figures
+from alianza_jobs.defs.reports import report_render as render
+from alianza_jobs.defs.reports.daily_report import build_daily_report
+from alianza_jobs.defs.reports.report_store import store_report
 from alianza_jobs.defs.sessions import cleanup_expired_sessions as cleanup
 from alianza_jobs.defs.sessions.assets import USER_SESSIONS
 from alianza_jobs.defs.videos.assets import STREAM_VIDEOS, STREAMINGS
@@ -78,7 +81,7 @@ def definitions(url: str, tmp_path: Path, **kwargs: Any) -> dg.Definitions:
     )
 
 
-# -- seeding ----------------------------------------------------------------------------------------
+# -- test data -------------------------------------------------------------------------------------
 
 
 def _streaming(status: str, checked_at: datetime | None, updated_at: datetime, **extra: Any) -> Row:
@@ -130,7 +133,7 @@ def _catalog_video(created: datetime, modified: datetime) -> Row:
 
 
 @dataclass
-class Seed:
+class DayRows:
     streamings: list[Row]
     emails: list[Row]
     dead_letters: list[Row]
@@ -150,10 +153,10 @@ class Seed:
                     await conn.execute(insert(model), rows)
 
 
-def figures_for(day: date, k: int) -> tuple[Seed, dict[str, int]]:
+def figures_for(day: date, k: int) -> tuple[DayRows, dict[str, int]]:
     """Rows well inside ``day`` (01:00-22:00), ``k`` scaling them so each day differs."""
     t = midnight(day) + HOUR
-    seed = Seed(
+    day_rows = DayRows(
         streamings=[_streaming("ready", t + i * HOUR, t + i * HOUR) for i in range(k + 2)]
         + [_streaming("error", t + i * HOUR, t + i * HOUR) for i in range(k)]
         + [_streaming("queued", t, t)],  # checked that day but not settled: not counted
@@ -173,13 +176,13 @@ def figures_for(day: date, k: int) -> tuple[Seed, dict[str, int]]:
         "emails_dead": k,
         "users_created": k + 1,
     }
-    return seed, expected
+    return day_rows, expected
 
 
-def edges_of(day: date) -> tuple[Seed, dict[str, int]]:
+def edges_of(day: date) -> tuple[DayRows, dict[str, int]]:
     """Rows on and around the day's boundaries, and how much each figure of ``day`` they add."""
     start, end = midnight(day), midnight(day + timedelta(days=1))
-    seed = Seed(
+    day_rows = DayRows(
         streamings=[
             _streaming("ready", start, start),  # settled at 00:00:00: counted
             _streaming("ready", end, end),  # settled at the next midnight: the next day's
@@ -210,13 +213,13 @@ def edges_of(day: date) -> tuple[Seed, dict[str, int]]:
         "emails_dead": 1,
         "users_created": 1,
     }
-    return seed, extra
+    return day_rows, extra
 
 
-async def _seed(url: str, *seeds: Seed) -> None:
+async def _insert(url: str, *all_day_rows: DayRows) -> None:
     async with migrated_engine(url) as engine:
-        for seed in seeds:
-            await seed.write(engine)
+        for day_rows in all_day_rows:
+            await day_rows.write(engine)
 
 
 async def _add_sessions(url: str, *, expired: int, of_deleted_user: int) -> None:
@@ -292,20 +295,20 @@ async def _notification_emails(url: str) -> list[tuple[int, str, str, str]]:
 
 
 def _figures(data: dict[str, Any]) -> dict[str, int]:
-    return task.headline(data)
+    return figures.headline(data)
 
 
 # -- direct invocation ------------------------------------------------------------------------------
 
 
 def test_direct_invocation_counts_the_day_and_its_edges(database_url: str, tmp_path: Path) -> None:
-    seed, expected = figures_for(DAY, 2)
+    day_rows, expected = figures_for(DAY, 2)
     edges, extra = edges_of(DAY)
     other_days = [
         figures_for(DAY - timedelta(days=1), 5)[0],
         figures_for(DAY + timedelta(days=1), 7)[0],
     ]
-    run_async(_seed(database_url, seed, edges, *other_days))
+    run_async(_insert(database_url, day_rows, edges, *other_days))
     expected = {key: expected[key] + extra[key] for key in expected}
 
     instance = DagsterInstance.get()
@@ -376,11 +379,11 @@ def test_backfill_of_three_days_then_a_rerun_changes_only_updated_at(
 ) -> None:
     days = [date(2026, 11, 24) + timedelta(days=i) for i in range(3)]
     expected: dict[date, dict[str, int]] = {}
-    seeds = []
+    all_day_rows = []
     for k, day in enumerate(days, start=1):
-        seed, expected[day] = figures_for(day, k)
-        seeds.append(seed)
-    run_async(_seed(database_url, *seeds))
+        day_rows, expected[day] = figures_for(day, k)
+        all_day_rows.append(day_rows)
+    run_async(_insert(database_url, *all_day_rows))
     defs = definitions(database_url, tmp_path)
     job_def = defs.resolve_job_def("daily_report")
     instance = DagsterInstance.get()
@@ -437,7 +440,7 @@ def test_no_recipients_skips_the_email_and_a_later_run_with_recipients_sends_it_
     tmp_path: Path,
 ) -> None:
     url = f"sqlite:///{tmp_path / 'app.db'}"
-    run_async(_seed(url))
+    run_async(_insert(url))
     instance = DagsterInstance.get()
     quiet = definitions(url, tmp_path, recipients=[]).resolve_job_def("daily_report")
     result = quiet.execute_in_process(partition_key=DAY.isoformat(), instance=instance)
@@ -461,8 +464,12 @@ async def test_two_runs_of_one_day_at_once_enqueue_one_email(
     engine: AsyncEngine, database_url: str
 ) -> None:
     data = {"report_date": DAY.isoformat(), "figures": 1}
-    emails = task.notification_rows(
-        {**task.report_data(DAY, *task.day_window(DAY), _zero_db(), task.SessionCleanup())},
+    emails = render.notification_rows(
+        {
+            **figures.report_data(
+                DAY, *figures.day_window(DAY), _zero_db(), figures.SessionCleanup()
+            )
+        },
         ["ops@alianza.example"],
         None,
     )
@@ -481,7 +488,7 @@ async def test_two_runs_of_one_day_at_once_enqueue_one_email(
 
 
 def _zero_db() -> dict[str, int]:
-    keys = [c.name for c in task.figures_query(*task.day_window(DAY)).selected_columns]
+    keys = [c.name for c in figures.figures_query(*figures.day_window(DAY)).selected_columns]
     return dict.fromkeys(keys, 0)
 
 
@@ -537,7 +544,7 @@ def test_a_rerun_after_the_cleanup_runs_were_pruned_keeps_the_sessions_figures(
     tmp_path: Path,
 ) -> None:
     url = f"sqlite:///{tmp_path / 'app.db'}"
-    run_async(_seed(url))
+    run_async(_insert(url))
     run_async(_add_sessions(url, expired=2, of_deleted_user=1))
     instance = DagsterInstance.get()
     with freeze_time(midnight(DAY) + 2 * HOUR):
@@ -551,7 +558,7 @@ def test_a_rerun_after_the_cleanup_runs_were_pruned_keeps_the_sessions_figures(
 
     # What cleanup_expired_sessions does to runs past their retention: gone, events and all.
     instance.delete_run(cleanup_run.run_id)
-    assert task.sessions_cleaned(instance, *task.day_window(DAY)).runs == 0
+    assert figures.sessions_cleaned(instance, *figures.day_window(DAY)).runs == 0
     assert job_def.execute_in_process(partition_key=DAY.isoformat(), instance=instance).success
     after = run_async(_reports(url))[DAY]
     assert after.data == before.data

@@ -23,13 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from alianza_jobs.clients.stream import parse_video
 from alianza_jobs.db.models import StreamVideo, SyncState
 from alianza_jobs.defs.videos import sync_stream_catalog as sync
-from alianza_jobs.defs.videos.sync_stream_catalog import (
-    MIRRORED,
-    CatalogSyncConfig,
-    mirror_stream_catalog,
-    mirror_values,
-    read_watermark,
-)
+from alianza_jobs.defs.videos.catalog_mirror import MIRRORED, mirror_values
+from alianza_jobs.defs.videos.catalog_watermark import read_watermark
+from alianza_jobs.defs.videos.sync_stream_catalog import CatalogSyncConfig, mirror_stream_catalog
 from alianza_jobs.emulators import VideoSpec
 from alianza_jobs.platform.task import TAG_JOB
 from alianza_jobs.resources import CloudflareStream, Database
@@ -48,7 +44,7 @@ HOUR = timedelta(hours=1)
 OP = "mirror_stream_catalog"
 
 
-def seed_catalog(state_dir: Path, n: int, *, label: str = "cat") -> list[str]:
+def fill_catalog(state_dir: Path, n: int, *, label: str = "cat") -> list[str]:
     """n videos a minute apart, the newest a minute old: 80% settled (ready or error), 20% still
     processing for the next ten hours (so the catalog does not change under the test)."""
     stream = emulator(state_dir)
@@ -124,7 +120,7 @@ async def run_op(database_url: str, state_dir: Path, **config: Any) -> dict[str,
 async def test_first_sync_mirrors_the_catalog_and_sets_the_watermark(
     engine: AsyncEngine, database_url: str, state_dir: Path
 ) -> None:
-    uids = seed_catalog(state_dir, 2_500)
+    uids = fill_catalog(state_dir, 2_500)
     meta = await run_op(database_url, state_dir)
     assert (meta["listed"], meta["inserted"], meta["updated"], meta["unchanged"]) == (
         2_500,
@@ -142,7 +138,7 @@ async def test_first_sync_mirrors_the_catalog_and_sets_the_watermark(
 async def test_a_rerun_changes_nothing_and_lists_only_from_the_unsettled(
     engine: AsyncEngine, database_url: str, state_dir: Path
 ) -> None:
-    uids = seed_catalog(state_dir, 300)
+    uids = fill_catalog(state_dir, 300)
     await run_op(database_url, state_dir)
     stamps = await updated_at_of(engine)
     watermark = await read_watermark(engine)
@@ -160,7 +156,7 @@ async def test_a_rerun_changes_nothing_and_lists_only_from_the_unsettled(
 async def test_videos_still_processing_are_refreshed_until_they_settle(
     engine: AsyncEngine, database_url: str, state_dir: Path
 ) -> None:
-    uids = seed_catalog(state_dir, 50)
+    uids = fill_catalog(state_dir, 50)
     await run_op(database_url, state_dir)
     mirrored = await mirror_of(engine)
     assert sum(1 for v in mirrored.values() if v["state"] not in ("ready", "error")) == 10
@@ -181,7 +177,7 @@ async def test_videos_still_processing_are_refreshed_until_they_settle(
 async def test_videos_deleted_in_stream_are_soft_deleted_in_the_mirror(
     engine: AsyncEngine, database_url: str, state_dir: Path
 ) -> None:
-    uids = seed_catalog(state_dir, 40)
+    uids = fill_catalog(state_dir, 40)
     await run_op(database_url, state_dir, page_size=7)
     stream = emulator(state_dir)
     gone = [uids[9], uids[14], uids[39]]  # inside the next listing's window (#4 still processes)
@@ -214,7 +210,7 @@ async def test_videos_deleted_in_stream_are_soft_deleted_in_the_mirror(
 async def test_dry_run_counts_and_writes_nothing(
     engine: AsyncEngine, database_url: str, state_dir: Path
 ) -> None:
-    seed_catalog(state_dir, 30)
+    fill_catalog(state_dir, 30)
     meta = await run_op(database_url, state_dir, dry_run=True)
     assert (meta["inserted"], meta["dry_run"]) == (30, True)
     assert await mirror_of(engine) == {}
@@ -231,7 +227,7 @@ class InjectedCrash(RuntimeError):
 async def test_crash_between_upsert_and_watermark_then_rerun_is_consistent(
     engine: AsyncEngine, database_url: str, state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    uids = seed_catalog(state_dir, 250)
+    uids = fill_catalog(state_dir, 250)
     real_write = sync.write_watermark
     writes: list[datetime] = []
 
@@ -262,7 +258,7 @@ def test_killed_process_between_upsert_and_watermark_then_rerun_is_consistent(
     database_url: str, state_dir: Path, dagster_home: Path
 ) -> None:
     """A real crash: the run's process is SIGKILLed right after its first page is committed."""
-    uids = seed_catalog(state_dir, 250)
+    uids = fill_catalog(state_dir, 250)
     run_async(_migrate(database_url))
     script = textwrap.dedent(
         f"""
@@ -351,7 +347,7 @@ def test_watermark_never_moves_backwards(database_url: str) -> None:
 def test_job_runs_in_process_and_materializes_stream_videos(
     database_url: str, state_dir: Path
 ) -> None:
-    uids = seed_catalog(state_dir, 120)
+    uids = fill_catalog(state_dir, 120)
     run_async(_migrate(database_url))
     result = sync.job.execute_in_process(
         resources={"database": Database(url=database_url), "stream": stream_resource(state_dir)},
