@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
-import os
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from alianza_jobs.redaction import redact, secret_values
+from alianza_jobs.settings import log_level_name
 
 STDERR_LOGGER_NAME = "alianza_jobs"
 # Dagster records these per event already; repeating them in the message text is noise in the UI.
@@ -40,7 +40,7 @@ _LEVELS = {
 
 
 def level_from_env() -> int:
-    return _LEVELS.get(os.environ.get("LOG_LEVEL", "info").strip().lower(), logging.INFO)
+    return _LEVELS.get(log_level_name(), logging.INFO)
 
 
 class _JsonFormatter(logging.Formatter):
