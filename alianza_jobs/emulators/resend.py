@@ -49,7 +49,6 @@ from alianza_jobs.emulators.pipeline import (
 from alianza_jobs.emulators.state import Admission, StateStore
 
 SERVICE = "resend"
-EMULATOR_API_KEY = "re_emulator_local"
 """A key for local use; the emulator accepts any ``re_`` key unless told to require one."""
 MAX_RECIPIENTS = 50
 MAX_BATCH = 100

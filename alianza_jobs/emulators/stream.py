@@ -35,6 +35,7 @@ from alianza_jobs.emulators.config import (
     StreamSettings,
     token_digest,
 )
+from alianza_jobs.emulators.constants import EMULATOR_ACCOUNT_ID
 from alianza_jobs.emulators.control import EmulatorControl
 from alianza_jobs.emulators.faults import gateway_error_page
 from alianza_jobs.emulators.pipeline import (
@@ -47,8 +48,6 @@ from alianza_jobs.emulators.pipeline import (
 from alianza_jobs.emulators.state import Admission, StateStore
 
 SERVICE = "stream"
-EMULATOR_ACCOUNT_ID = "e" * 32
-"""An account id for local use; the emulator accepts any unless told to require one."""
 MAX_LIMIT = 1000
 UID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 
