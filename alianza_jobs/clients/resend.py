@@ -46,7 +46,6 @@ from alianza_jobs.clients.http import (
 
 SERVICE = "resend"
 DEFAULT_BASE_URL = "https://api.resend.com"
-EMULATOR_BASE_URL = "http://emulator.local"
 MAX_BATCH = 100
 MAX_IDEMPOTENCY_KEY = 256
 QUOTA_ERRORS = frozenset({"daily_quota_exceeded", "monthly_quota_exceeded"})

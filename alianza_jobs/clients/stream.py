@@ -53,7 +53,6 @@ from alianza_jobs.logs import get_logger
 
 SERVICE = "cloudflare_stream"
 DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
-EMULATOR_BASE_URL = "http://emulator.local/client/v4"
 MAX_PAGE_SIZE = 1000
 STREAM_STATES = frozenset(
     {"pendingupload", "downloading", "queued", "inprogress", "ready", "error", "live-inprogress"}
