@@ -1,16 +1,8 @@
-"""Structured logging with bound context: the seed's ``logger.child(ctx)`` on top of Dagster's log.
+"""Structured logging with bound context (``child(**fields)``) on top of Dagster's log.
 
-A line goes to two places:
-
-* the Dagster run log (``context.log``), so it is in the UI and in the instance's event storage,
-  with its fields appended as ``key=value`` pairs (Dagster keeps only the message text);
-* stderr as one JSON object, for log shippers and for ``dagster dev``'s terminal.
-
-Every line carries the run id (the seed's ``executionId``), the job, the cron and the scheduled time
-when there is one, plus whatever the task binds (item ids). Secret values are redacted in both.
-
-Inside a task, ``get_logger()`` returns the logger the task wrapper bound for the current run, so
-resources and helpers log with the same context without having it passed to them.
+A line goes to the Dagster run log (fields appended as ``key=value``) and to stderr as one JSON
+object, with the run's context and secrets redacted in both; inside a task ``get_logger()`` returns
+the run's logger. Details: docs/platform.md, "alianza_jobs.logs".
 """
 
 from __future__ import annotations
@@ -151,7 +143,7 @@ class TaskLogger:
         return TaskLogger({**self._fields, **fields}, self._dagster_log, self._level)
 
     def bind(self, **fields: Any) -> None:
-        """The seed's ``setContext``: add fields to this logger itself."""
+        """Add fields to this logger itself (every later line carries them)."""
         self._fields.update(fields)
 
     def is_enabled_for(self, level: int) -> bool:

@@ -1,24 +1,9 @@
 """``alianza-jobs doctor``: is this deployment ready to run the jobs? One line per check.
 
 Run it where the webserver and the daemon run, with their environment (``ALIANZA_ENV``,
-``DAGSTER_HOME``, the secrets), after deploying and after every change of configuration. It checks,
-in order:
-
-* ``settings``: the environment parses (``ALIANZA_ENV``, URLs, ``LOG_LEVEL``, cron overrides);
-* ``secrets``: every variable this environment requires is set (names only, never values);
-* ``app database``: ``DATABASE_URL`` answers and its schema is at the migrations' head;
-* ``dagster storage``: the instance in ``DAGSTER_HOME`` loads and its storage answers a query
-  (outside ``local`` it must be shared storage, not the per-machine SQLite default);
-* ``daemon``: every daemon this instance needs sent a heartbeat recently, without errors;
-* ``schedules``: each schedule of the code location is running (an instance never touched counts
-  a default-RUNNING schedule as running, as the daemon does);
-* ``stream api`` / ``resend api``: an authenticated request that changes nothing, exactly the
-  ``health_check`` job's probes (a sending-only Resend key passes: it is the safe kind to deploy).
-
-Each line is ``ok`` or ``FAIL``, the check and a detail. Any failure exits 1. Secrets never appear:
-errors are passed through :func:`~alianza_jobs.redaction.redact` and URLs are shown masked.
-A check whose prerequisite failed is reported as failed ("not checked: ..."), because readiness was
-not shown.
+``DAGSTER_HOME``, the secrets), after deploying and after every change of configuration. Any
+failure exits 1; secrets never appear. The checks, in order: docs/platform.md,
+"alianza_jobs.cli.doctor".
 """
 
 from __future__ import annotations

@@ -41,10 +41,7 @@ class RateLimiter(Protocol):
 class SlidingWindowLimiter:
     """At most ``limit`` requests in any ``window_s`` (Cloudflare: 1,200 per 5 minutes per token).
 
-    A sliding window over our own send times: every window of that length, wherever it starts,
-    holds at most ``limit`` sends, so a fixed or sliding window on the server side is respected too.
-    Going over costs a lot on Cloudflare (every call gets 429 for five minutes), hence client-side.
-    Waiters queue behind a lock, so they are served in order and never stampede.
+    A sliding window over our own send times; waiters queue behind a lock (docs/clients.md).
     """
 
     def __init__(self, limit: int, window_s: float, timing: Timing | None = None) -> None:
@@ -86,21 +83,8 @@ class SlidingWindowLimiter:
 class HeaderRateLimiter:
     """Paces requests by Resend's rate limit, learnt from its ``ratelimit-*`` headers.
 
-    Resend's limit is per team and changes with the plan, so ``ratelimit-limit`` is read, not
-    hard-coded; its window is a second (its 429 says so). A request goes out while fewer than
-    ``limit`` of ours may still be in the server's window: those in flight, and those answered less
-    than a window (plus a margin) ago. The server stamps a request somewhere between our send and
-    its answer, so answer times are the safe side: pacing from send times was refused now and then
-    (1 call in 16 in a CI run) when a request reached the server late. Our own log, not the last
-    answer, is the truth between answers, so the end of a rounded-up ``reset`` is never taken for
-    a whole new budget.
-
-    ``ratelimit-remaining`` says what our log cannot see: a neighbour on the same key. When it is
-    lower than our log predicts, the difference is held back until ``reset``; a 429's
-    ``retry-after`` pauses everything. Two simpler rules were measured and dropped: spreading the
-    budget evenly over ``reset`` sent at half the limit, and waiting the full ``reset`` (rounded up
-    to whole seconds by Resend and by our emulator) after the budget ran out sent at 74%. Before
-    the first answer the limit is unknown and nothing is delayed.
+    Counts ours in flight and answered within the last window; holds back what ``remaining`` says
+    a neighbour on the key uses; a 429's ``retry-after`` pauses all (docs/clients.md).
     """
 
     WINDOW_S = 1.0

@@ -4,11 +4,7 @@ Every Dagster run is its own process and may serve the emulators in-process, whi
 emulate`` serves the same directory over a socket and a test flips faults from a third process. So
 nothing that must be seen by another request lives in memory: videos, sent mail, idempotency keys,
 rate-limit windows, request counters and the configuration are rows here.
-
-SQLite in WAL mode lets readers run beside one writer; writers take the lock up front (``BEGIN
-IMMEDIATE``) so two processes never deadlock upgrading a read lock, and wait for each other through
-``busy_timeout``. Calls are blocking: the ASGI side runs them in a worker thread
-(:meth:`StateStore.call`) so a busy database never stalls the event loop of the run using it.
+More: docs/platform.md, "alianza_jobs.emulators.state".
 """
 
 from __future__ import annotations

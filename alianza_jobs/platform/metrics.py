@@ -1,4 +1,4 @@
-"""Per-run metrics: the seed's ``metricsCollector``.
+"""Per-run metrics: Dagster metadata always, a Prometheus Pushgateway when enabled.
 
 The primary record is Dagster's own: the task wrapper writes duration, outcome and counters as op
 output and materialization metadata, so the UI plots their history per asset. When
