@@ -146,9 +146,6 @@ class TaskLogger:
         """Add fields to this logger itself (every later line carries them)."""
         self._fields.update(fields)
 
-    def is_enabled_for(self, level: int) -> bool:
-        return level >= self._level
-
     def debug(self, msg: str, **fields: Any) -> None:
         self.log(logging.DEBUG, msg, **fields)
 

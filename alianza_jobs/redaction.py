@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from alianza_jobs.settings import SECRET_ENV_VARS, URL_PASSWORD, secret_values
 
-__all__ = ["MASK", "SECRET_ENV_VARS", "contains_secret", "redact", "secret_values"]
+__all__ = ["MASK", "SECRET_ENV_VARS", "redact", "secret_values"]
 
 MASK = "***"
 _BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{6,}")
@@ -26,7 +26,3 @@ def redact(text: str, secrets: Iterable[str] | None = None) -> str:
             text = text.replace(value, MASK)
     text = _BEARER.sub(rf"\g<1>{MASK}", text)
     return URL_PASSWORD.sub(rf"\g<head>{MASK}@", text)
-
-
-def contains_secret(text: str, secrets: Iterable[str] | None = None) -> bool:
-    return redact(text, secrets) != text

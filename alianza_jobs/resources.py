@@ -47,7 +47,7 @@ from alianza_jobs.emulators.constants import (
     IN_PROCESS_RESEND_BASE_URL,
     IN_PROCESS_STREAM_BASE_URL,
 )
-from alianza_jobs.settings import Settings, mask_url
+from alianza_jobs.settings import Settings
 
 # -- database ----------------------------------------------------------------------------------
 
@@ -77,11 +77,6 @@ class Database(dg.ConfigurableResource):  # type: ignore[type-arg]  # generic in
         """An ``AsyncSession`` on a new engine; commit it yourself (``async with s.begin():``)."""
         async with self.engine() as engine, session_factory(engine)() as session:
             yield session
-
-    @property
-    def display_url(self) -> str:
-        """The URL with its password masked, for logs and messages."""
-        return mask_url(self.url)
 
 
 # -- app config and report files ----------------------------------------------------------------

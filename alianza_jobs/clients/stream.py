@@ -60,14 +60,6 @@ class StreamVideo:
     """Why this item's JSON could not be read; None for a well-formed video."""
 
     @property
-    def is_ready(self) -> bool:
-        return self.parse_error is None and self.state == "ready"
-
-    @property
-    def is_error(self) -> bool:
-        return self.parse_error is None and self.state == "error"
-
-    @property
     def error_reason(self) -> str | None:
         """``"CODE: text"`` for the ``streamings.error_reason`` column."""
         parts = [p for p in (self.error_reason_code, self.error_reason_text) if p]

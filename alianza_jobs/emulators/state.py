@@ -269,17 +269,6 @@ class StateStore:
             )
         return self.config()
 
-    def replace_config(self, body: Mapping[str, Any]) -> EmulatorConfig:
-        parse_config(merge_config({}, body))
-        with self.write() as conn:
-            conn.execute("DELETE FROM config")
-            if body:
-                conn.execute(
-                    "INSERT INTO config (id, body) VALUES (1, ?)",
-                    (json.dumps(merge_config({}, body)),),
-                )
-        return self.config()
-
     def now(self, config: EmulatorConfig | None = None) -> float:
         """Emulated time: the (injectable) clock plus the stored offset."""
         cfg = config or self.config()
@@ -360,16 +349,6 @@ class StateStore:
                 remaining=limit - count - 1,
                 reset_s=_ceil_s(first + window_s - now),
                 retry_after_s=None,
-            )
-
-    def next_seq(self, service: str) -> int:
-        with self.write() as conn:
-            return int(
-                conn.execute(
-                    "INSERT INTO sequences (service, n) VALUES (?, 1) "
-                    "ON CONFLICT (service) DO UPDATE SET n = n + 1 RETURNING n",
-                    (service,),
-                ).fetchone()[0]
             )
 
     def count(self, service: str, endpoint: str, status: int) -> None:

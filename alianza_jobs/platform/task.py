@@ -535,11 +535,6 @@ def _seconds(value: timedelta) -> str:
     return str(int(seconds)) if seconds == int(seconds) else f"{seconds:g}"
 
 
-def scheduled_time_of(tags: Mapping[str, str]) -> datetime | None:
-    raw = tags.get(TAG_SCHEDULED_TIME)
-    return datetime.fromisoformat(raw) if raw else None
-
-
 def check_cron_overrides(settings: Settings, job_names: Sequence[str]) -> None:
     """An ``ALIANZA_CRON_<JOB>`` naming no job is a typo that would silently change nothing."""
     known = set(job_names)

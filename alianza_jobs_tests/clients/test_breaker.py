@@ -129,7 +129,7 @@ async def test_after_cool_down_a_good_probe_closes(
     clock.advance(31)
     async with stream().client(breaker_store=store, timing=clock.timing()) as c:
         video = await c.get_video("vid1")
-        assert video.is_ready
+        assert video.parse_error is None and video.state == "ready"
         await c.get_video("vid1")
         snapshot = c.breaker_snapshot()
 
