@@ -1,16 +1,8 @@
-"""Structured logging with bound context: the seed's ``logger.child(ctx)`` on top of Dagster's log.
+"""Structured logging with bound context (``child(**fields)``) on top of Dagster's log.
 
-A line goes to two places:
-
-* the Dagster run log (``context.log``), so it is in the UI and in the instance's event storage,
-  with its fields appended as ``key=value`` pairs (Dagster keeps only the message text);
-* stderr as one JSON object, for log shippers and for ``dagster dev``'s terminal.
-
-Every line carries the run id (the seed's ``executionId``), the job, the cron and the scheduled time
-when there is one, plus whatever the task binds (item ids). Secret values are redacted in both.
-
-Inside a task, ``get_logger()`` returns the logger the task wrapper bound for the current run, so
-resources and helpers log with the same context without having it passed to them.
+A line goes to the Dagster run log (fields appended as ``key=value``) and to stderr as one JSON
+object, with the run's context and secrets redacted in both; inside a task ``get_logger()`` returns
+the run's logger. Details: docs/platform.md, "alianza_jobs.logs".
 """
 
 from __future__ import annotations
@@ -18,7 +10,6 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
-import os
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -26,6 +17,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from alianza_jobs.redaction import redact, secret_values
+from alianza_jobs.settings import log_level_name
 
 STDERR_LOGGER_NAME = "alianza_jobs"
 # Dagster records these per event already; repeating them in the message text is noise in the UI.
@@ -40,7 +32,7 @@ _LEVELS = {
 
 
 def level_from_env() -> int:
-    return _LEVELS.get(os.environ.get("LOG_LEVEL", "info").strip().lower(), logging.INFO)
+    return _LEVELS.get(log_level_name(), logging.INFO)
 
 
 class _JsonFormatter(logging.Formatter):
@@ -151,11 +143,8 @@ class TaskLogger:
         return TaskLogger({**self._fields, **fields}, self._dagster_log, self._level)
 
     def bind(self, **fields: Any) -> None:
-        """The seed's ``setContext``: add fields to this logger itself."""
+        """Add fields to this logger itself (every later line carries them)."""
         self._fields.update(fields)
-
-    def is_enabled_for(self, level: int) -> bool:
-        return level >= self._level
 
     def debug(self, msg: str, **fields: Any) -> None:
         self.log(logging.DEBUG, msg, **fields)

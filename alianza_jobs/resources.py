@@ -1,10 +1,11 @@
 """The code location's resources: the database, the Stream and Resend APIs, app config, report files.
 
-Resources are chosen per environment (``ALIANZA_ENV``) in :func:`build_resources`, as Dagster's reference
-projects do. Secrets reach them only as ``dagster.EnvVar``: Dagster resolves them when a run starts,
-and the UI shows the variable's name, never its value. In ``local`` with no token set, Stream and
-Resend are served in-process by the project's emulators (state under ``DAGSTER_HOME/emulators``), so
-``make dev`` works with no network and no accounts.
+Resources are chosen per environment (``ALIANZA_ENV``) in :func:`build_resources` from the
+:class:`~alianza_jobs.settings.Settings`, as Dagster's reference projects do. Secrets reach them only
+as ``dagster.EnvVar``: Dagster resolves them when a run starts, and the UI shows the variable's name,
+never its value. Each API has a real resource and an emulated one (``EmulatedCloudflareStream``,
+``EmulatedResendEmail``) served in-process by the project's emulators, chosen in ``local`` when no
+token is set, so ``make dev`` works with no network and no accounts.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import httpx
 from dagster import EnvVar
 from pydantic import Field
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -34,12 +36,18 @@ from alianza_jobs.clients.http import (
     SlidingWindowLimiter,
     Timing,
     build_async_client,
-    emulator_transport,
 )
 from alianza_jobs.clients.resend import ResendClient
 from alianza_jobs.clients.stream import StreamClient
 from alianza_jobs.db.engine import create_engine, session_factory
-from alianza_jobs.settings import Settings, mask_url
+from alianza_jobs.emulators.constants import (
+    EMULATOR_ACCOUNT_ID,
+    EMULATOR_API_KEY,
+    EMULATOR_STREAM_TOKEN,
+    IN_PROCESS_RESEND_BASE_URL,
+    IN_PROCESS_STREAM_BASE_URL,
+)
+from alianza_jobs.settings import Settings
 
 # -- database ----------------------------------------------------------------------------------
 
@@ -69,11 +77,6 @@ class Database(dg.ConfigurableResource):  # type: ignore[type-arg]  # generic in
         """An ``AsyncSession`` on a new engine; commit it yourself (``async with s.begin():``)."""
         async with self.engine() as engine, session_factory(engine)() as session:
             yield session
-
-    @property
-    def display_url(self) -> str:
-        """The URL with its password masked, for logs and messages."""
-        return mask_url(self.url)
 
 
 # -- app config and report files ----------------------------------------------------------------
@@ -154,21 +157,38 @@ class ApiResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             "a longer one fails the call at once with retry_after set."
         ),
     )
-    emulator_state_dir: str | None = Field(
-        default=None,
-        description="Serve the API from the project's emulator in-process (ALIANZA_ENV=local).",
-    )
     breaker_failure_threshold: int = 5
     breaker_cool_down_s: float = 120.0
+
+    @property
+    def api_base_url(self) -> str:
+        """Where requests go (the emulated resources answer in-process, whatever base_url says)."""
+        raise NotImplementedError
+
+    @property
+    def token(self) -> str:
+        raise NotImplementedError
+
+    def http_transport(self) -> httpx.AsyncBaseTransport | None:
+        """None: the network. The emulated resources serve the API from the emulator instead."""
+        return None
+
+    def http_client(self, *, max_connections: int) -> httpx.AsyncClient:
+        """A bare client for this API (its base URL, token, timeouts and transport)."""
+        return build_async_client(
+            base_url=self.api_base_url,
+            headers={"authorization": f"Bearer {self.token}"},
+            connect_timeout_s=self.connect_timeout_s,
+            read_timeout_s=self.read_timeout_s,
+            max_connections=max_connections,
+            transport=self.http_transport(),
+        )
 
     @asynccontextmanager
     async def open_caller(
         self,
         *,
         service: str,
-        base_url: str,
-        emulator_base_url: str,
-        token: str,
         classify_error: ErrorClassifier,
         limiter: Callable[[Timing], RateLimiter],
         max_concurrency: int,
@@ -176,10 +196,6 @@ class ApiResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         timing: Timing | None,
     ) -> AsyncIterator[tuple[ApiCaller, CircuitBreaker]]:
         timing = timing or Timing()
-        transport = None
-        if self.emulator_state_dir is not None:
-            transport = emulator_transport(Path(self.emulator_state_dir))
-            base_url = emulator_base_url
         breaker = CircuitBreaker(
             service,
             breaker_store or MemoryBreakerStore(),
@@ -188,14 +204,7 @@ class ApiResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             clock=timing.now,
         )
         await breaker.load()
-        async with build_async_client(
-            base_url=base_url,
-            headers={"authorization": f"Bearer {token}"},
-            connect_timeout_s=self.connect_timeout_s,
-            read_timeout_s=self.read_timeout_s,
-            max_connections=max_concurrency,
-            transport=transport,
-        ) as http:
+        async with self.http_client(max_connections=max_concurrency) as http:
             caller = ApiCaller(
                 service=service,
                 http=http,
@@ -207,13 +216,21 @@ class ApiResource(dg.ConfigurableResource):  # type: ignore[type-arg]
                 breaker=breaker,
                 timing=timing,
                 max_concurrency=max_concurrency,
-                secrets=[token],
+                secrets=[self.token],
             )
             yield caller, breaker
 
 
+def _emulator_transport(state_dir: str) -> httpx.AsyncBaseTransport:
+    """Stream and Resend in one ASGI app, in-process, keeping state under ``state_dir``."""
+    # Imported on use: the emulators pull in Starlette, which the real APIs never need.
+    from alianza_jobs.emulators.app import combined_app
+
+    return httpx.ASGITransport(app=combined_app(Path(state_dir)))
+
+
 class CloudflareStream(ApiResource):
-    """Cloudflare Stream API (or the in-process emulator when ``emulator_state_dir`` is set)."""
+    """Cloudflare Stream API."""
 
     account_id: str = Field(description="Cloudflare account id.")
     api_token: str = Field(description="Stream API token (pass as dagster.EnvVar; never logged).")
@@ -235,6 +252,14 @@ class CloudflareStream(ApiResource):
         ),
     )
 
+    @property
+    def api_base_url(self) -> str:
+        return self.base_url
+
+    @property
+    def token(self) -> str:
+        return self.api_token
+
     @asynccontextmanager
     async def client(
         self, *, breaker_store: BreakerStore | None = None, timing: Timing | None = None
@@ -246,9 +271,6 @@ class CloudflareStream(ApiResource):
         """
         async with self.open_caller(
             service=stream_api.SERVICE,
-            base_url=self.base_url,
-            emulator_base_url=stream_api.EMULATOR_BASE_URL,
-            token=self.api_token,
             classify_error=stream_api.classify_error,
             limiter=lambda t: SlidingWindowLimiter(
                 self.rate_limit_requests, self.rate_limit_window_s + self.rate_limit_margin_s, t
@@ -260,14 +282,37 @@ class CloudflareStream(ApiResource):
             yield StreamClient(caller, self.account_id, breaker)
 
 
+class EmulatedCloudflareStream(CloudflareStream):
+    """Cloudflare Stream served in-process by the project's emulator (``ALIANZA_ENV=local``)."""
+
+    emulator_state_dir: str = Field(description="The emulator's state directory.")
+    account_id: str = Field(default=EMULATOR_ACCOUNT_ID, description="Any id; the emulator's own.")
+    api_token: str = Field(default=EMULATOR_STREAM_TOKEN, description="Any token works.")
+
+    @property
+    def api_base_url(self) -> str:
+        return IN_PROCESS_STREAM_BASE_URL
+
+    def http_transport(self) -> httpx.AsyncBaseTransport:
+        return _emulator_transport(self.emulator_state_dir)
+
+
 class ResendEmail(ApiResource):
-    """Resend API (or the in-process emulator when ``emulator_state_dir`` is set)."""
+    """Resend API."""
 
     api_key: str = Field(description="Resend API key (pass as dagster.EnvVar; never logged).")
     base_url: str = resend_api.DEFAULT_BASE_URL
     max_concurrency: int = Field(
         default=2, description="Bound on in-flight requests (Resend allows a few per second)."
     )
+
+    @property
+    def api_base_url(self) -> str:
+        return self.base_url
+
+    @property
+    def token(self) -> str:
+        return self.api_key
 
     @asynccontextmanager
     async def client(
@@ -280,9 +325,6 @@ class ResendEmail(ApiResource):
         """
         async with self.open_caller(
             service=resend_api.SERVICE,
-            base_url=self.base_url,
-            emulator_base_url=resend_api.EMULATOR_BASE_URL,
-            token=self.api_key,
             classify_error=resend_api.classify_error,
             limiter=HeaderRateLimiter,
             max_concurrency=self.max_concurrency,
@@ -292,35 +334,33 @@ class ResendEmail(ApiResource):
             yield ResendClient(caller, breaker)
 
 
+class EmulatedResendEmail(ResendEmail):
+    """Resend served in-process by the project's emulator (``ALIANZA_ENV=local``)."""
+
+    emulator_state_dir: str = Field(description="The emulator's state directory.")
+    api_key: str = Field(default=EMULATOR_API_KEY, description="The emulator's local key.")
+
+    @property
+    def api_base_url(self) -> str:
+        return IN_PROCESS_RESEND_BASE_URL
+
+    def http_transport(self) -> httpx.AsyncBaseTransport:
+        return _emulator_transport(self.emulator_state_dir)
+
+
 # -- per environment ----------------------------------------------------------------------------
-
-EMULATOR_BASE = "http://emulator.local"
-# The emulator takes any account id; this one matches its default (importing the emulator package
-# here would put Starlette on the import path of every code-location load).
-EMULATOR_ACCOUNT_ID = "e" * 32
-EMULATOR_TOKEN = "local-emulator-token"  # noqa: S105  # the in-process emulator's, not a secret
-EMULATOR_RESEND_KEY = "re_local_emulator_key"
-
-
-def emulator_state_dir(settings: Settings) -> Path:
-    return settings.state_dir / "emulators"
 
 
 def _database(settings: Settings) -> Database:
     # The URL may carry a password: from the environment as EnvVar, so the UI shows the name only.
-    if os.environ.get("DATABASE_URL", "").strip():
+    if settings.database_url_from_env:
         return Database(url=EnvVar("DATABASE_URL"))
     return Database(url=settings.database_url)
 
 
 def _stream(settings: Settings) -> CloudflareStream:
     if settings.stream_emulated:
-        return CloudflareStream(
-            account_id=EMULATOR_ACCOUNT_ID,
-            api_token=EMULATOR_TOKEN,
-            base_url=f"{EMULATOR_BASE}/client/v4",
-            emulator_state_dir=str(emulator_state_dir(settings)),
-        )
+        return EmulatedCloudflareStream(emulator_state_dir=str(settings.emulator_state_dir))
     return CloudflareStream(
         account_id=EnvVar("CLOUDFLARE_ACCOUNT_ID"),
         api_token=EnvVar("CLOUDFLARE_STREAM_API_TOKEN"),
@@ -330,11 +370,7 @@ def _stream(settings: Settings) -> CloudflareStream:
 
 def _resend(settings: Settings) -> ResendEmail:
     if settings.resend_emulated:
-        return ResendEmail(
-            api_key=EMULATOR_RESEND_KEY,
-            base_url=EMULATOR_BASE,
-            emulator_state_dir=str(emulator_state_dir(settings)),
-        )
+        return EmulatedResendEmail(emulator_state_dir=str(settings.emulator_state_dir))
     return ResendEmail(api_key=EnvVar("RESEND_API_KEY"), base_url=settings.resend_api_base_url)
 
 
@@ -348,7 +384,7 @@ def _common(settings: Settings) -> dict[str, Any]:
             alert_email_to=settings.alert_email_to,
             # A webhook URL embeds its own credential: EnvVar, so the UI shows the name only.
             alert_webhook_url=EnvVar("ALERT_WEBHOOK_URL")
-            if os.environ.get("ALERT_WEBHOOK_URL", "").strip()
+            if settings.alert_webhook_configured
             else None,
             webserver_url=settings.webserver_url,
         ),

@@ -1,8 +1,11 @@
-"""Process-wide settings read from the environment, validated once at load time.
+"""Process-wide settings: the one module that reads the environment, validated once at load time.
 
-Everything here is a plain value that may be shown to a user. Secrets (API tokens, a database
-password) are never copied into these settings: resources read them through ``dagster.EnvVar`` so the
-UI shows the variable's name, and this module only checks that they are present.
+Everything in :class:`Settings` is a plain value that may be shown to a user, except
+``database_url`` which is never logged. Secrets (API tokens, a database password) are never copied
+into it: resources read them through ``dagster.EnvVar`` so the UI shows the variable's name, this
+module only checks that they are present, and :func:`secret_values` hands the redaction the values
+to mask. The few other readers here (log level, metrics target, ``DAGSTER_HOME``) serve code that
+must not fail on a setting it does not need, so they read one variable each, at call time.
 """
 
 from __future__ import annotations
@@ -65,6 +68,19 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
+SECRET_ENV_VARS: tuple[str, ...] = (
+    "CLOUDFLARE_STREAM_API_TOKEN",
+    "RESEND_API_KEY",
+    "CLOUDFLARE_STREAM_WEBHOOK_SECRET",
+    "ALERT_WEBHOOK_URL",
+    "DAGSTER_PG_PASSWORD",
+)
+# Variables that hold a URL whose password is the secret part.
+SECRET_URL_ENV_VARS: tuple[str, ...] = ("DATABASE_URL", "DAGSTER_PG_URL")
+# Shorter values would mask ordinary words; nobody's real token is this short.
+MIN_SECRET_LEN = 6
+URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/@\s]*:)(?P<pw>[^@/\s]+)@")
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -85,6 +101,12 @@ class Settings:
     reports_dir: Path
     cron_overrides: Mapping[str, str] = field(default_factory=dict)
     """Job name -> cron, from ``ALIANZA_CRON_<JOB_NAME>`` variables (validated against jobs later)."""
+    database_url_from_env: bool = False
+    """DATABASE_URL is set: resources pass it as ``EnvVar`` so the UI shows the name only."""
+    alert_webhook_configured: bool = False
+    """ALERT_WEBHOOK_URL is set (its value embeds a credential and is not kept here)."""
+    dagster_home_from_env: bool = False
+    """DAGSTER_HOME is set, rather than defaulted to ``.alianza/dagster_home``."""
 
     @property
     def is_local(self) -> bool:
@@ -95,13 +117,114 @@ class Settings:
         """Where local state that must outlive a run lives (emulator state, reports)."""
         return self.dagster_home
 
+    @property
+    def emulator_state_dir(self) -> Path:
+        """Where the in-process emulators keep their videos and inbox."""
+        return self.state_dir / "emulators"
+
 
 def default_dagster_home() -> Path:
     return Path(".alianza").resolve() / "dagster_home"
 
 
+def _environ(environ: Mapping[str, str] | None) -> Mapping[str, str]:
+    return os.environ if environ is None else environ
+
+
+def dagster_home_from_env(environ: Mapping[str, str] | None = None) -> Path:
+    """``DAGSTER_HOME``, or the default the settings use when it is unset."""
+    return Path(_environ(environ).get("DAGSTER_HOME") or default_dagster_home())
+
+
+def pin_dagster_home() -> Path:
+    """Resolve ``DAGSTER_HOME`` and set it, so Dagster's own instance lookup finds the same one."""
+    home = dagster_home_from_env().resolve()
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def default_emulator_state_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """``$DAGSTER_HOME/emulators``, without validating the other settings (``emulate`` needs none)."""
+    return dagster_home_from_env(environ) / "emulators"
+
+
+def log_level_name(environ: Mapping[str, str] | None = None) -> str:
+    """``LOG_LEVEL`` as given, lower-cased (the logger maps unknown names to info)."""
+    return _environ(environ).get("LOG_LEVEL", "info").strip().lower()
+
+
+@dataclass(frozen=True)
+class MetricsTarget:
+    """Where per-run metrics go: read at each push, so a task never fails on a metrics setting."""
+
+    enabled: bool
+    env: str
+    pushgateway_url: str
+
+
+def metrics_target(environ: Mapping[str, str] | None = None) -> MetricsTarget:
+    env_vars = _environ(environ)
+    return MetricsTarget(
+        enabled=env_vars.get("METRICS_ENABLED", "").strip().lower() in _TRUE,
+        env=env_vars.get("ALIANZA_ENV", "local"),
+        pushgateway_url=env_vars.get("PROMETHEUS_PUSHGATEWAY_URL", "").strip(),
+    )
+
+
+def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The secret values in the environment (longest first), for redaction to mask; never shown."""
+    env = _environ(environ)
+    values: list[str] = []
+    for name in SECRET_ENV_VARS:
+        value = env.get(name, "").strip()
+        if len(value) >= MIN_SECRET_LEN:
+            values.append(value)
+    for name in SECRET_URL_ENV_VARS:
+        raw = env.get(name, "").strip()
+        if not raw:
+            continue
+        try:
+            password = make_url(raw).password
+        except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+            match = URL_PASSWORD.search(raw)
+            password = match["pw"] if match else None
+        if password and len(str(password)) >= MIN_SECRET_LEN:
+            values.append(str(password))
+    # Longest first, so a secret containing another is masked whole.
+    return sorted(set(values), key=len, reverse=True)
+
+
+def describe_required_secrets(environ: Mapping[str, str] | None = None) -> str:
+    """Which secrets the environment needs and whether they are there (names only, never values).
+
+    Raises SettingsError naming what is missing or malformed.
+    """
+    env_vars = _environ(environ)
+    raw_env = env_vars.get("ALIANZA_ENV", "local").strip().lower() or "local"
+    if raw_env not in {e.value for e in Environment}:
+        raise SettingsError(f"not checked: ALIANZA_ENV={raw_env!r} is not an environment")
+    if raw_env == Environment.LOCAL.value:
+        emulated = [
+            name
+            for name, var in (
+                ("Stream", "CLOUDFLARE_STREAM_API_TOKEN"),
+                ("Resend", "RESEND_API_KEY"),
+            )
+            if not env_vars.get(var, "").strip()
+        ]
+        if emulated:
+            return f"local: none required ({' and '.join(emulated)} served by the emulator)"
+        return "local: none required"
+    missing = [n for n in REQUIRED_OUTSIDE_LOCAL if not env_vars.get(n, "").strip()]
+    if missing:
+        raise SettingsError(f"missing for ALIANZA_ENV={raw_env}: {', '.join(missing)}")
+    if not env_vars["RESEND_API_KEY"].strip().startswith("re_"):
+        raise SettingsError("RESEND_API_KEY is not a Resend API key (they start with re_)")
+    return f"{', '.join(REQUIRED_OUTSIDE_LOCAL)} set (values not shown)"
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    env_vars = os.environ if environ is None else environ
+    env_vars = _environ(environ)
     raw_env = env_vars.get("ALIANZA_ENV", "local").strip().lower() or "local"
     try:
         env = Environment(raw_env)
@@ -118,7 +241,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                 f"{', '.join(missing)} must be set when ALIANZA_ENV={env.value} (missing)"
             )
 
-    dagster_home = Path(env_vars.get("DAGSTER_HOME") or default_dagster_home())
+    dagster_home = dagster_home_from_env(env_vars)
     raw_db_url = env_vars.get("DATABASE_URL", "").strip()
     if raw_db_url:
         database_url = normalize_database_url(raw_db_url)
@@ -174,6 +297,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             for name, value in env_vars.items()
             if name.startswith(CRON_OVERRIDE_PREFIX)
         },
+        database_url_from_env=bool(raw_db_url),
+        alert_webhook_configured=bool(env_vars.get("ALERT_WEBHOOK_URL", "").strip()),
+        dagster_home_from_env=bool(env_vars.get("DAGSTER_HOME", "").strip()),
     )
 
 

@@ -83,7 +83,7 @@ def test_smoke_benchmark_runs_every_workload_and_writes_its_results(tmp_path: Pa
         if case == "ours":
             assert m["op_s"] is not None and 0 < m["op_s"] <= m["wall_s"], m
 
-    # The seed's loop makes one request per row; ours batches.
+    # The baseline loop makes one request per row; ours batches.
     for m in measurements:
         if m["workload"] == "video_queue" and m["case"] == "baseline":
             assert m["api_calls"] == m["rows"]

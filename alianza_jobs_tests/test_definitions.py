@@ -15,7 +15,7 @@ from alianza_jobs.platform.task import MAX_RUNTIME_TAG, TAG_TIMEOUT
 
 REPO = Path(__file__).resolve().parents[1]
 
-# DESIGN.md's table: job -> (cron or None, timeout s, max retries)
+# The jobs' table: job -> (cron or None, timeout s, max retries)
 EXPECTED = {
     "process_streaming_video_queue": ("*/5 * * * *", 120, 3),
     "process_email_queue": ("* * * * *", 60, 3),

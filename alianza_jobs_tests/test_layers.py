@@ -7,6 +7,7 @@ slip past. The rules, from the bottom up:
 - ``db/``: itself and base;
 - ``clients/``: itself and base, and never Dagster (the HTTP clients work without it);
 - ``emulators/``: itself only (they stand alone, like the real APIs they imitate);
+- only ``settings.py`` reads the environment, and loading the code location loads no emulator.
 - ``platform/``: base, ``db``, ``clients``;
 - ``resources.py``: all of the above;
 - ``defs/<domain>/``: all of the above, its own domain, and another domain only through that
@@ -18,6 +19,8 @@ slip past. The rules, from the bottom up:
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -167,3 +170,29 @@ def test_the_checker_catches_a_backward_import(
         "alianza_jobs.defs.videos.queue.x (another domain's internals)",
     ]
     assert violations(fake / "defs/emails/good.py") == []
+
+
+def test_the_clients_reach_nothing_by_importlib() -> None:
+    for path in sorted((PACKAGE / "clients").rglob("*.py")):
+        assert "importlib" not in imports_of(path), path
+
+
+def test_only_settings_reads_the_environment() -> None:
+    readers = [
+        path.relative_to(PACKAGE.parent).as_posix()
+        for path in FILES
+        if "os.environ" in (text := path.read_text(encoding="utf-8")) or "getenv" in text
+    ]
+    assert readers == ["alianza_jobs/settings.py"]
+
+
+def test_loading_the_code_location_does_not_load_the_emulators() -> None:
+    code = (
+        "import sys, alianza_jobs.definitions; "
+        "print(sorted(m for m in sys.modules if m.startswith(('starlette', 'alianza_jobs.emulators.'))"
+        " and m != 'alianza_jobs.emulators.constants'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"

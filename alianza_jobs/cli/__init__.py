@@ -1,4 +1,4 @@
-"""``alianza-jobs``: the command line (the seed's ``wrangler dev --test-scheduled`` and ``bun run``).
+"""``alianza-jobs``: the command line: run and trigger jobs, tail logs, database, emulators, doctor.
 
 Exit codes: 0 all good, 1 a job (or check) failed, 2 a usage error (unknown job, cron, flag).
 """

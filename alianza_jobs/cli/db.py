@@ -18,7 +18,6 @@ from alianza_jobs.db.demo import has_users, seed_demo
 from alianza_jobs.db.engine import create_engine
 from alianza_jobs.emulators import StreamEmulator, VideoSpec
 from alianza_jobs.redaction import redact
-from alianza_jobs.resources import emulator_state_dir
 from alianza_jobs.settings import SettingsError, load_settings, mask_url
 
 T = TypeVar("T")
@@ -150,7 +149,7 @@ def seed_demo_command(
         if settings.stream_emulated and data.videos:
             # The same videos exist "in Stream", so the video queue has something to reconcile;
             # the emulator starts each one's processing now, so the UI shows them turn ready.
-            emulator = StreamEmulator(emulator_state_dir(settings))
+            emulator = StreamEmulator(settings.emulator_state_dir)
             await asyncio.to_thread(
                 emulator.add_videos,
                 [VideoSpec(uid=v.external_id, created=v.created_at) for v in data.videos],

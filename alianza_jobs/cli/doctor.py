@@ -1,30 +1,14 @@
 """``alianza-jobs doctor``: is this deployment ready to run the jobs? One line per check.
 
 Run it where the webserver and the daemon run, with their environment (``ALIANZA_ENV``,
-``DAGSTER_HOME``, the secrets), after deploying and after every change of configuration. It checks,
-in order:
-
-* ``settings``: the environment parses (``ALIANZA_ENV``, URLs, ``LOG_LEVEL``, cron overrides);
-* ``secrets``: every variable this environment requires is set (names only, never values);
-* ``app database``: ``DATABASE_URL`` answers and its schema is at the migrations' head;
-* ``dagster storage``: the instance in ``DAGSTER_HOME`` loads and its storage answers a query
-  (outside ``local`` it must be shared storage, not the per-machine SQLite default);
-* ``daemon``: every daemon this instance needs sent a heartbeat recently, without errors;
-* ``schedules``: each schedule of the code location is running (an instance never touched counts
-  a default-RUNNING schedule as running, as the daemon does);
-* ``stream api`` / ``resend api``: an authenticated request that changes nothing, exactly the
-  ``health_check`` job's probes (a sending-only Resend key passes: it is the safe kind to deploy).
-
-Each line is ``ok`` or ``FAIL``, the check and a detail. Any failure exits 1. Secrets never appear:
-errors are passed through :func:`~alianza_jobs.redaction.redact` and URLs are shown masked.
-A check whose prerequisite failed is reported as failed ("not checked: ..."), because readiness was
-not shown.
+``DAGSTER_HOME``, the secrets), after deploying and after every change of configuration. Any
+failure exits 1; secrets never appear. The checks, in order: docs/platform.md,
+"alianza_jobs.cli.doctor".
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import threading
 import time
@@ -46,10 +30,9 @@ from alianza_jobs.cli.runs import load_defs
 from alianza_jobs.platform.instance import get_instance
 from alianza_jobs.redaction import redact, secret_values
 from alianza_jobs.settings import (
-    REQUIRED_OUTSIDE_LOCAL,
-    Environment,
     Settings,
     SettingsError,
+    describe_required_secrets,
     load_settings,
     mask_url,
 )
@@ -172,28 +155,10 @@ def _check_settings(ctx: _Context) -> str:
 
 
 def _check_secrets(ctx: _Context) -> str:
-    raw_env = os.environ.get("ALIANZA_ENV", "local").strip().lower() or "local"
-    if raw_env not in {e.value for e in Environment}:
-        raise CheckFailed(f"not checked: ALIANZA_ENV={raw_env!r} is not an environment")
-    if raw_env == Environment.LOCAL.value:
-        emulated = [
-            name
-            for name, var in (
-                ("Stream", "CLOUDFLARE_STREAM_API_TOKEN"),
-                ("Resend", "RESEND_API_KEY"),
-            )
-            if not os.environ.get(var, "").strip()
-        ]
-        if emulated:
-            return f"local: none required ({' and '.join(emulated)} served by the emulator)"
-        return "local: none required"
-    missing = [n for n in REQUIRED_OUTSIDE_LOCAL if not os.environ.get(n, "").strip()]
-    if missing:
-        raise CheckFailed(f"missing for ALIANZA_ENV={raw_env}: {', '.join(missing)}")
-    resend_key = os.environ["RESEND_API_KEY"].strip()
-    if not resend_key.startswith("re_"):
-        raise CheckFailed("RESEND_API_KEY is not a Resend API key (they start with re_)")
-    return f"{', '.join(REQUIRED_OUTSIDE_LOCAL)} set (values not shown)"
+    try:
+        return describe_required_secrets()
+    except SettingsError as exc:
+        raise CheckFailed(str(exc)) from None
 
 
 # -- the app's services: database, Stream, Resend -----------------------------------------------
@@ -294,8 +259,7 @@ async def _probe(ctx: _Context, name: str, probe: ProbeFn, describe: Describe) -
 
 def _check_dagster_storage(ctx: _Context) -> str:
     outside_local = ctx.settings is not None and not ctx.settings.is_local
-    home = os.environ.get("DAGSTER_HOME", "").strip()
-    if outside_local and not home:
+    if outside_local and not (ctx.settings and ctx.settings.dagster_home_from_env):
         raise CheckFailed(
             "DAGSTER_HOME is not set: this command would use a private instance under .alianza/, "
             "not the deployment's (set it as the webserver and daemon have it)"

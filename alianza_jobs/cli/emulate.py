@@ -20,9 +20,9 @@ from alianza_jobs.emulators import (
     STREAM_PREFIX,
     StreamEmulator,
     combined_app,
-    default_state_dir,
 )
 from alianza_jobs.emulators.faults import EmulatedConnectionReset
+from alianza_jobs.settings import default_emulator_state_dir
 
 DEFAULT_PORT = 8787
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -159,7 +159,7 @@ def emulate_command(
     """Serve the Cloudflare Stream and Resend emulators (Stream under /client/v4, Resend at /)."""
     import uvicorn
 
-    directory = (state_dir or default_state_dir()).resolve()
+    directory = (state_dir or default_emulator_state_dir()).resolve()
     overrides = _overrides(
         require_token=require_token,
         require_account=require_account,

@@ -1,4 +1,4 @@
-"""``jobs``, ``run`` and ``trigger``: the seed's ``jobManager.execute(cron, executionId)``.
+"""``jobs``, ``run`` and ``trigger``: list jobs, run one by name, run every job bound to a cron.
 
 Runs launch through the Dagster instance in ``DAGSTER_HOME`` (``execute_job`` on a reconstructable
 job), so they appear in the UI with their logs and metadata, exactly like scheduled runs.
@@ -154,7 +154,7 @@ def run_command(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
 @click.pass_obj
 def trigger_command(obj: dict[str, Any], cron: str, as_json: bool) -> None:
-    """Run every job bound to CRON, as its schedule would (the seed's test-scheduled trigger)."""
+    """Run every job bound to CRON, as its schedule would (a scheduled trigger, tested by hand)."""
     module = obj["module"]
     infos = job_infos(load_defs(module))
     names = [i.name for i in infos.values() if i.cron == cron.strip()]
@@ -170,7 +170,7 @@ def trigger_command(obj: dict[str, Any], cron: str, as_json: bool) -> None:
         TAG_SCHEDULED_TIME: scheduled.isoformat(),
     }
     started = time.perf_counter()
-    # One after another, as the seed's jobManager.execute ran its handlers.
+    # One after another, in the order the jobs are declared.
     results = [_execute(module, name, tags, None, None) for name in names]
     _finish(results, as_json, (time.perf_counter() - started) * 1000)
 

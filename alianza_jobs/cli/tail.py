@@ -1,4 +1,4 @@
-"""``alianza-jobs tail``: the seed's ``bun run tail``, reading the Dagster instance's event storage.
+"""``alianza-jobs tail``: follow the jobs' log lines, reading the Dagster instance's event storage.
 
 It reads run records through ``DagsterInstance`` (SQLite or Postgres, whatever ``DAGSTER_HOME``'s
 ``dagster.yaml`` says), never log files, so it sees exactly what the UI's run page sees: our task lines
@@ -157,7 +157,7 @@ class Tailer:
 
 
 @click.command("tail")
-@click.option("--run", "run_id", help="Only this run (its id, the seed's executionId).")
+@click.option("--run", "run_id", help="Only this run (its id, the execution id).")
 @click.option("--job", help="Only runs of this job.")
 @click.option(
     "--level",

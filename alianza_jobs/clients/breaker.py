@@ -1,39 +1,20 @@
 """A circuit breaker per external service, with state that outlives a run.
 
-Every Dagster run is its own process and the email queue runs every minute: without a breaker an
-outage means each tick retries against the dead API and burns the rate limit. With it:
-
-* **closed**: calls go through. Each call that ends in a *retryable* failure (after the client's own
-  retries) counts; a success resets the count. A permanent item error (404, 422) or a fatal one
-  (401) means the service answered: it is not the service failing and does not count. Nor does a
-  429 whose ``retry-after`` a call may wait out: the service is up and pacing us.
-* **open**: after ``threshold`` consecutive failures, or at once when the server asked us to stay
-  away longer than a call may wait (Cloudflare's five-minute 429), until ``opened_until``. Calls
-  raise :class:`CircuitOpenError` without any request: ``circuit open for cloudflare_stream until
-  12:34:56Z (last error: ...)``.
-* **half_open**: after the cool-down, exactly one probe call (one request, no retries) decides:
-  success closes the circuit, failure opens it for another cool-down. Other calls in this process
-  wait for the probe's verdict rather than pile on.
-
-The state lives in a :class:`BreakerStore`, so the next run (another process) starts where the last
-one left off. Two processes may both probe at the end of a cool-down (the store protocol is kept to
-load/save so a database table backs it easily); that costs one extra request, never a stampede.
-The state is loaded once per client (per run) and saved on every change.
+Closed, open after ``threshold`` consecutive retryable failures (or at once when the server asks
+for a longer wait than a call may take), then half-open for exactly one probe call. The state lives
+in a :class:`BreakerStore` (load/save of plain values), so the next run, in another process, starts
+where the last one left off; docs/clients.md has the full design.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from alianza_jobs.clients.http import ApiError, CircuitOpenError
+from alianza_jobs.clients.errors import ApiError, CircuitOpenError
 from alianza_jobs.logs import get_logger
 
 __all__ = [
@@ -41,8 +22,8 @@ __all__ = [
     "BreakerStore",
     "CircuitBreaker",
     "CircuitOpenError",
-    "FileBreakerStore",
     "MemoryBreakerStore",
+    "StoredBreaker",
 ]
 
 BreakerStateName = Literal["closed", "open", "half_open"]
@@ -58,25 +39,38 @@ class BreakerState:
     opened_until: datetime | None = None
     last_error: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["opened_until"] = self.opened_until.isoformat() if self.opened_until else None
-        return data
-
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> BreakerState:
-        until = data.get("opened_until")
-        state = data.get("state", "closed")
+    def of(cls, stored: StoredBreaker) -> BreakerState:
+        """A state from whatever a store kept (an unknown state name reads as closed)."""
+        state = stored.state
         return cls(
-            state=state if state in ("closed", "open", "half_open") else "closed",
-            consecutive_failures=int(data.get("consecutive_failures") or 0),
-            opened_until=datetime.fromisoformat(until) if until else None,
-            last_error=data.get("last_error"),
+            state=state if state in ("closed", "open", "half_open") else "closed",  # type: ignore[arg-type]
+            consecutive_failures=int(stored.consecutive_failures or 0),
+            opened_until=stored.opened_until,
+            last_error=stored.last_error,
         )
 
 
+class StoredBreaker(Protocol):
+    """What a store keeps per service: plain values, so a store needs nothing from this module."""
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def consecutive_failures(self) -> int: ...
+
+    @property
+    def opened_until(self) -> datetime | None: ...
+
+    @property
+    def last_error(self) -> str | None: ...
+
+
 class BreakerStore(Protocol):
-    async def load(self, service: str) -> BreakerState | None: ...
+    """Satisfied structurally, e.g. by ``alianza_jobs.db.breaker_store.DatabaseBreakerStore``."""
+
+    async def load(self, service: str) -> StoredBreaker | None: ...
 
     async def save(self, service: str, state: BreakerState) -> None: ...
 
@@ -94,45 +88,6 @@ class MemoryBreakerStore:
     async def save(self, service: str, state: BreakerState) -> None:
         self.saves += 1
         self.states[service] = state
-
-
-class FileBreakerStore:
-    """State in a JSON file (local runs without a database, cross-process tests).
-
-    Writes replace the file atomically; the tiny file I/O runs in a thread so it never blocks the
-    event loop a task's timeout depends on.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    async def load(self, service: str) -> BreakerState | None:
-        data = await asyncio.to_thread(self._read)
-        entry = data.get(service)
-        return BreakerState.from_json(entry) if isinstance(entry, dict) else None
-
-    async def save(self, service: str, state: BreakerState) -> None:
-        await asyncio.to_thread(self._write, service, state)
-
-    def _read(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    def _write(self, service: str, state: BreakerState) -> None:
-        data = self._read()
-        data[service] = state.to_json()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(data, handle, indent=2, sort_keys=True)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
 
 def _utcnow() -> datetime:
@@ -167,7 +122,8 @@ class CircuitBreaker:
         return self.cool_down
 
     async def load(self) -> BreakerState:
-        self._state = await self.store.load(self.service) or BreakerState()
+        stored = await self.store.load(self.service)
+        self._state = BreakerState() if stored is None else BreakerState.of(stored)
         if self._state.state != "closed":
             get_logger(service=self.service).info(
                 f"Circuit for {self.service} is {self._state.state} (from an earlier run)",

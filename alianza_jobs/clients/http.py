@@ -1,198 +1,73 @@
-"""What the Stream and Resend clients share: the error taxonomy, the retry loop, rate limiters.
+"""The call every Stream and Resend request goes through: breaker, rate limit, concurrency, retries.
 
-Error taxonomy (what a task does with each kind):
-
-* :class:`RetryableApiError`: the service may answer next time (network error, timeout, 5xx, 429
-  ``rate_limit_exceeded``, 409 ``concurrent_idempotent_requests``, a body we could not parse). The
-  client has already retried a few times; the task lets its op ``RetryPolicy`` try again later.
-* :class:`PermanentApiError`: this *item* is bad (404 unknown video, 422 validation): the task fails
-  the item and dead-letters it, and carries on with the others.
-* :class:`FatalApiError`: the task cannot go on (401/403, a daily/monthly quota, an open circuit):
-  the task fails the run without op retries (see ``platform.failures.dagster_failure``).
-
-Inside one call the client retries retryable errors (``max_attempts``, exponential backoff with
-jitter), honouring ``Retry-After`` in seconds or as an HTTP date. A server asking for a longer wait than
-``max_retry_wait_s`` gets no sleep from us: the call raises at once with ``retry_after`` set, because
-a task has a timeout of a minute or two and Cloudflare's 429 lasts five. The client-side rate
-limiter obeys the same cap: when the budget is spent for longer than that, the call raises
-:class:`ClientRateLimitedError` (a RetryableApiError; nothing was sent, the breaker ignores it), so
-a task stops and leaves the rest to its next tick instead of being killed by its own timeout.
-
-Messages never contain the token or API key: every error built here passes through
-:func:`alianza_jobs.redaction.redact` with the client's own secrets.
+:class:`ApiCaller` retries retryable errors within one call (exponential backoff with jitter,
+``Retry-After`` honoured up to ``max_retry_wait_s``) and redacts the client's secrets from every
+error it raises. This module also re-exports the error taxonomy, the limiters and the timing
+helpers, which the domains import from here; docs/clients.md has the design.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import importlib
-import json
-import random
-import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
+from alianza_jobs.clients.errors import (
+    ApiError,
+    CircuitOpenError,
+    ClientRateLimitedError,
+    FatalApiError,
+    PermanentApiError,
+    RetryableApiError,
+    body_snippet,
+    json_body,
+    malformed,
+    try_json,
+)
+from alianza_jobs.clients.ratelimit import (
+    HeaderRateLimiter,
+    LimiterWaitTooLong,
+    RateLimiter,
+    SlidingWindowLimiter,
+)
+from alianza_jobs.clients.timing import Timing, parse_retry_after
 from alianza_jobs.logs import get_logger
-from alianza_jobs.redaction import redact, secret_values
+from alianza_jobs.redaction import secret_values
 
 if TYPE_CHECKING:
     from alianza_jobs.clients.breaker import CircuitBreaker
+
+__all__ = [
+    "ApiCaller",
+    "ApiError",
+    "CircuitOpenError",
+    "ClientRateLimitedError",
+    "ErrorClassifier",
+    "FatalApiError",
+    "HeaderRateLimiter",
+    "LimiterWaitTooLong",
+    "PermanentApiError",
+    "RateLimiter",
+    "RetrySettings",
+    "RetryableApiError",
+    "SlidingWindowLimiter",
+    "Timing",
+    "body_snippet",
+    "build_async_client",
+    "json_body",
+    "malformed",
+    "parse_retry_after",
+    "try_json",
+]
 
 T = TypeVar("T")
 
 USER_AGENT = "alianza-jobs/0.1 (+httpx)"
 _MIN_SECRET_LEN = 6
-# Enough of a non-JSON body to recognise it in a log line (an HTML error page, a proxy's text).
-_SNIPPET_CHARS = 200
-
-
-# -- the error taxonomy ----------------------------------------------------------------------------
-
-
-class ApiError(Exception):
-    """A call to an external API failed. ``status`` is None when no response arrived."""
-
-    kind = "error"
-
-    def __init__(
-        self,
-        service: str,
-        status: int | None,
-        code: str,
-        message: str,
-        retry_after: float | None = None,
-    ) -> None:
-        self.service = service
-        self.status = status
-        self.code = code
-        self.message = message
-        self.retry_after = retry_after
-        super().__init__(self._render())
-
-    def _render(self) -> str:
-        where = f"HTTP {self.status}" if self.status is not None else "no response"
-        text = f"{self.service} {where} {self.code}: {self.message}"
-        if self.retry_after is not None:
-            text += f" (retry after {self.retry_after:g} s)"
-        return text
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Exceptions are copied and pickled by arguments; ours are keyword-rich, so say how.
-        return (type(self), (self.service, self.status, self.code, self.message, self.retry_after))
-
-    @property
-    def retryable(self) -> bool:
-        return isinstance(self, RetryableApiError)
-
-    def metadata(self) -> dict[str, Any]:
-        """Plain values for run metadata and dead-letter rows."""
-        return {
-            "service": self.service,
-            "kind": self.kind,
-            "status": self.status,
-            "code": self.code,
-            "message": self.message,
-            "retry_after_s": self.retry_after,
-        }
-
-    def redacted(self, secrets: Iterable[str]) -> ApiError:
-        """The same error with any secret value masked out of its message."""
-        clean = redact(self.message, list(secrets))
-        if clean == self.message:
-            return self
-        return type(self)(self.service, self.status, self.code, clean, self.retry_after)
-
-
-class RetryableApiError(ApiError):
-    """Try again later: network error, timeout, 5xx, 429 rate limit, malformed body."""
-
-    kind = "retryable"
-
-
-class PermanentApiError(ApiError):
-    """This item is bad (404 unknown video, 422 validation): fail and dead-letter the item only."""
-
-    kind = "permanent"
-
-
-class FatalApiError(ApiError):
-    """The task cannot go on (401/403, quota exhausted): fail the run, no op retries."""
-
-    kind = "fatal"
-
-
-class ClientRateLimitedError(RetryableApiError):
-    """Our own limiter would have to wait longer than a call may: no request was made.
-
-    Not a failure of the service (the breaker ignores it); ``retry_after`` says when there is room.
-    """
-
-    kind = "client_rate_limited"
-
-
-class CircuitOpenError(FatalApiError):
-    """The circuit breaker for the service is open: no request was made."""
-
-    kind = "circuit_open"
-
-    def __init__(self, service: str, opened_until: datetime, last_error: str | None) -> None:
-        self.opened_until = opened_until
-        self.last_error = last_error
-        until = opened_until.astimezone(UTC).strftime("%H:%M:%SZ")
-        message = f"circuit open for {service} until {until} (last error: {last_error or 'none'})"
-        super().__init__(service, None, "circuit_open", message)
-
-    def _render(self) -> str:
-        return self.message
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.service, self.opened_until, self.last_error))
-
-    def redacted(self, secrets: Iterable[str]) -> ApiError:
-        # last_error was redacted before the breaker stored it.
-        return self
-
-
-# -- time, injectable for tests ---------------------------------------------------------------------
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Clocks, sleep and randomness of a client: tests inject fakes instead of waiting."""
-
-    monotonic: Callable[[], float] = time.monotonic
-    now: Callable[[], datetime] = _utcnow
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
-    random: Callable[[], float] = random.random
-
-
-def parse_retry_after(value: str | None, now: datetime) -> float | None:
-    """``Retry-After`` as seconds to wait: delta-seconds or an HTTP date (RFC 9110 §10.2.3)."""
-    if value is None or not value.strip():
-        return None
-    text = value.strip()
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
 
 
 @dataclass(frozen=True)
@@ -217,235 +92,6 @@ class RetrySettings:
         return step / 2 + rand * step / 2
 
 
-# -- rate limiters ----------------------------------------------------------------------------------
-
-
-class LimiterWaitTooLong(Exception):
-    """Sending now would need a longer wait than the caller allows (``wait`` seconds)."""
-
-    def __init__(self, wait: float) -> None:
-        self.wait = wait
-        super().__init__(f"the rate limit needs a {wait:.1f} s wait")
-
-
-class RateLimiter(Protocol):
-    async def acquire(self, max_wait: float | None = None) -> None:
-        """Wait until one more request may be sent, and count it.
-
-        Raises :class:`LimiterWaitTooLong` instead of waiting longer than ``max_wait``: a task
-        should stop and leave the rest for its next tick, not be killed by its own timeout.
-        """
-
-    def observe(self, response: httpx.Response | None) -> None:
-        """A request acquired from this limiter ended: its response, or None if none came."""
-
-    def pause_for(self, seconds: float) -> None:
-        """The server said stop (429 + Retry-After): send nothing for ``seconds``."""
-
-
-class SlidingWindowLimiter:
-    """At most ``limit`` requests in any ``window_s`` (Cloudflare: 1,200 per 5 minutes per token).
-
-    A sliding window over our own send times: every window of that length, wherever it starts,
-    holds at most ``limit`` sends, so a fixed or sliding window on the server side is respected too.
-    Going over costs a lot on Cloudflare (every call gets 429 for five minutes), hence client-side.
-    Waiters queue behind a lock, so they are served in order and never stampede.
-    """
-
-    def __init__(self, limit: int, window_s: float, timing: Timing | None = None) -> None:
-        if limit < 1 or window_s <= 0:
-            raise ValueError("a rate limit needs limit >= 1 and window_s > 0")
-        self.limit = limit
-        self.window_s = window_s
-        self._timing = timing or Timing()
-        self._sent: collections.deque[float] = collections.deque()
-        self._blocked_until = 0.0
-        self._lock = asyncio.Lock()
-        self.waited_s = 0.0
-
-    async def acquire(self, max_wait: float | None = None) -> None:
-        async with self._lock:
-            while True:
-                now = self._timing.monotonic()
-                horizon = now - self.window_s
-                while self._sent and self._sent[0] <= horizon:
-                    self._sent.popleft()
-                wait = self._blocked_until - now
-                if len(self._sent) >= self.limit:
-                    wait = max(wait, self._sent[0] + self.window_s - now)
-                if wait <= 0:
-                    break
-                if max_wait is not None and wait > max_wait:
-                    raise LimiterWaitTooLong(wait)
-                self.waited_s += wait
-                await self._timing.sleep(wait)
-            self._sent.append(now)
-
-    def observe(self, response: httpx.Response | None) -> None:
-        return None
-
-    def pause_for(self, seconds: float) -> None:
-        self._blocked_until = max(self._blocked_until, self._timing.monotonic() + seconds)
-
-
-class HeaderRateLimiter:
-    """Paces requests by Resend's rate limit, learnt from its ``ratelimit-*`` headers.
-
-    Resend's limit is per team and changes with the plan, so ``ratelimit-limit`` is read, not
-    hard-coded; its window is a second (its 429 says so). A request goes out while fewer than
-    ``limit`` of ours may still be in the server's window: those in flight, and those answered less
-    than a window (plus a margin) ago. The server stamps a request somewhere between our send and
-    its answer, so answer times are the safe side: pacing from send times was refused now and then
-    (1 call in 16 in a CI run) when a request reached the server late. Our own log, not the last
-    answer, is the truth between answers, so the end of a rounded-up ``reset`` is never taken for
-    a whole new budget.
-
-    ``ratelimit-remaining`` says what our log cannot see: a neighbour on the same key. When it is
-    lower than our log predicts, the difference is held back until ``reset``; a 429's
-    ``retry-after`` pauses everything. Two simpler rules were measured and dropped: spreading the
-    budget evenly over ``reset`` sent at half the limit, and waiting the full ``reset`` (rounded up
-    to whole seconds by Resend and by our emulator) after the budget ran out sent at 74%. Before
-    the first answer the limit is unknown and nothing is delayed.
-    """
-
-    WINDOW_S = 1.0
-    MARGIN_S = 0.02
-
-    def __init__(self, timing: Timing | None = None) -> None:
-        self._timing = timing or Timing()
-        self._lock = asyncio.Lock()
-        self._answer = asyncio.Event()
-        self._in_flight = 0
-        # Answer times within the last window, oldest first (monotonic, so appended in order).
-        self._answered: collections.deque[float] = collections.deque()
-        # Slots of the server's window that others hold, per the last answer, until `reset`.
-        self._held_by_others = 0
-        self._reset_at: float | None = None
-        self._blocked_until = 0.0
-        self.limit: int | None = None
-        self.waited_s = 0.0
-
-    async def acquire(self, max_wait: float | None = None) -> None:
-        async with self._lock:
-            while True:
-                now = self._timing.monotonic()
-                wait = self._wait(now)
-                if wait is None:
-                    # `limit` requests in flight: only an answer can free a slot.
-                    await self._next_answer(max_wait)
-                    continue
-                wait = max(wait, self._blocked_until - now)
-                if wait <= 0:
-                    break
-                if max_wait is not None and wait > max_wait:
-                    raise LimiterWaitTooLong(wait)
-                self.waited_s += wait
-                await self._timing.sleep(wait)
-            self._in_flight += 1
-
-    def _free(self, now: float) -> int:
-        horizon = now - self.WINDOW_S - self.MARGIN_S
-        while self._answered and self._answered[0] <= horizon:
-            self._answered.popleft()
-        if self._reset_at is not None and now >= self._reset_at:
-            self._held_by_others, self._reset_at = 0, None
-        return (self.limit or 0) - self._in_flight - len(self._answered)
-
-    def _wait(self, now: float) -> float | None:
-        """Seconds until a request may go (<= 0: now), or None when it takes an answer first."""
-        if self.limit is None:
-            return 0.0
-        free = self._free(now)
-        if free - self._held_by_others >= 1:
-            return 0.0
-        if free >= 1 and self._reset_at is not None:
-            return self._reset_at - now  # the rest is a neighbour's: the server's word decides
-        answered = self.limit - self._in_flight
-        if answered < 1:
-            return None
-        # Our slots free up as our answers age out of the window, oldest first.
-        return self._answered[-answered] + self.WINDOW_S + self.MARGIN_S - now
-
-    async def _next_answer(self, max_wait: float | None) -> None:
-        self._answer.clear()
-        try:
-            await asyncio.wait_for(self._answer.wait(), timeout=max_wait)
-        except TimeoutError:
-            raise LimiterWaitTooLong(max_wait or 0.0) from None
-
-    def observe(self, response: httpx.Response | None) -> None:
-        now = self._timing.monotonic()
-        # Every ended request holds a slot until a window after its end, answered or not: one that
-        # timed out may still have been counted by the server.
-        self._in_flight = max(0, self._in_flight - 1)
-        self._answered.append(now)
-        self._answer.set()
-        if response is None:
-            return
-        headers = response.headers
-        limit = _int_header(headers, "ratelimit-limit")
-        if limit is not None and limit >= 1:
-            self.limit = limit
-        remaining = _int_header(headers, "ratelimit-remaining")
-        reset = _float_header(headers, "ratelimit-reset")
-        if self.limit is None or remaining is None or reset is None:
-            return
-        # What the server has left below what our own log leaves: others' requests.
-        self._held_by_others = max(0, self._free(now) - remaining)
-        self._reset_at = now + reset if self._held_by_others else None
-
-    def pause_for(self, seconds: float) -> None:
-        self._blocked_until = max(self._blocked_until, self._timing.monotonic() + seconds)
-
-
-def _int_header(headers: httpx.Headers, name: str) -> int | None:
-    value = _float_header(headers, name)
-    return None if value is None else int(value)
-
-
-def _float_header(headers: httpx.Headers, name: str) -> float | None:
-    raw = headers.get(name)
-    if raw is None:
-        return None
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        return None
-    return value if value == value and value >= 0 else None  # NaN/negative: ignore
-
-
-# -- response helpers -------------------------------------------------------------------------------
-
-
-def json_body(response: httpx.Response, service: str) -> Any:
-    """The parsed JSON of a response; an unparseable body is retryable (proxies fail this way)."""
-    try:
-        return response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise RetryableApiError(
-            service,
-            response.status_code,
-            "malformed_response",
-            f"body is not JSON: {body_snippet(response)!r}",
-        ) from None
-
-
-def try_json(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-
-
-def body_snippet(response: httpx.Response) -> str:
-    text = response.text.strip().replace("\n", " ")
-    return text[:_SNIPPET_CHARS] + ("…" if len(text) > _SNIPPET_CHARS else "")
-
-
-def malformed(service: str, response: httpx.Response, what: str) -> RetryableApiError:
-    return RetryableApiError(service, response.status_code, "malformed_response", what)
-
-
 def build_async_client(
     *,
     base_url: str,
@@ -467,13 +113,6 @@ def build_async_client(
         transport=transport,
         follow_redirects=False,
     )
-
-
-def emulator_transport(state_dir: Path) -> httpx.AsyncBaseTransport:
-    """The project's emulators (Stream and Resend in one ASGI app) as an in-process transport."""
-    # Imported on use: the emulators pull in Starlette and are not needed against the real APIs.
-    emulators = importlib.import_module("alianza_jobs.emulators")
-    return httpx.ASGITransport(app=emulators.combined_app(state_dir))
 
 
 # -- the call: limiter, breaker, retries ------------------------------------------------------------

@@ -3,20 +3,8 @@
 Never twice: every request carries an ``Idempotency-Key`` derived from what is sent
 (:func:`idempotency_key_for`). Resend keeps a key 24 hours and answers a repeat of the same key and
 body with the first answer, without sending again; so a run that crashed after Resend accepted a
-batch but before we recorded it can simply send the same batch again. Two consequences for callers:
-
-* Pass a ``namespace`` (e.g. the queue row ids) when two *intended* emails may have the same
-  content within 24 hours, or the second is taken for a retry of the first.
-* Retry a failed batch with exactly the same emails: the same key with another body is a 409
-  ``invalid_idempotent_request`` (a :class:`PermanentApiError` for the whole batch).
-
-Batches go out with ``x-batch-validation: permissive``: Resend sends the valid emails and lists the
-invalid ones by index; :meth:`ResendClient.send_batch` maps that back to one
-:class:`BatchItemResult` per input email (an id, or a :class:`PermanentApiError`).
-
-Rate limit: paced from Resend's ``ratelimit-*`` headers (see :class:`HeaderRateLimiter`), and a 429
-``rate_limit_exceeded`` waits its ``retry-after``. ``daily_quota_exceeded`` and
-``monthly_quota_exceeded`` are fatal: no retry soon will help.
+batch but before we recorded it can simply send the same batch again. What that asks of callers,
+batches and rate limits: docs/clients.md, "alianza_jobs.clients.resend".
 """
 
 from __future__ import annotations
@@ -46,7 +34,6 @@ from alianza_jobs.clients.http import (
 
 SERVICE = "resend"
 DEFAULT_BASE_URL = "https://api.resend.com"
-EMULATOR_BASE_URL = "http://emulator.local"
 MAX_BATCH = 100
 MAX_IDEMPOTENCY_KEY = 256
 QUOTA_ERRORS = frozenset({"daily_quota_exceeded", "monthly_quota_exceeded"})

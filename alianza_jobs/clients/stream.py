@@ -1,28 +1,9 @@
 """Cloudflare Stream client: one video's status, and the catalog listing.
 
-Wire format (see /work/shared/DESIGN.md): ``GET /accounts/{account}/stream/{uid}`` and
+Wire format: ``GET /accounts/{account}/stream/{uid}`` and
 ``GET /accounts/{account}/stream`` answer ``{success, errors, messages, result}``; errors are
-branched on the HTTP status, not Cloudflare's numeric codes.
-
-Per-item parse failures. A video whose own JSON is malformed (no uid, no status, an unknown state,
-``duration`` a string, an unreadable timestamp) never breaks a listing:
-
-* :meth:`StreamClient.list_videos` yields it as a :class:`StreamVideo` with ``parse_error`` set
-  (whatever could be read is filled in, ``raw`` holds the JSON). The caller fails that item only.
-* :meth:`StreamClient.get_video` raises :class:`PermanentApiError` (code ``malformed_item``) for it,
-  exactly like a 404: the caller asked for that one item, handles permanent item errors already,
-  and gets no half-parsed object to act on by mistake.
-
-A body that is not the envelope at all (not JSON, no ``result``) is a :class:`RetryableApiError`:
-that is what a proxy or a bad deploy produces, and it passes.
-
-Listing: Stream has no cursor. We page in creation order with ``after``/``before`` (exclusive on
-Cloudflare and in our emulator), de-duplicate by uid, and guard against ties on ``created``: each
-next page starts one microsecond *before* the last timestamp seen, so videos sharing it are
-fetched again (and dropped as duplicates) rather than skipped. A full page that brings nothing new
-means at least a page of videos share one timestamp: we step strictly past it once (logging a
-warning, since ties beyond the page cannot be reached without a cursor), and stop if that too
-brings nothing new.
+branched on the HTTP status, not Cloudflare's numeric codes. Malformed items and paging without a
+cursor: docs/clients.md, "alianza_jobs.clients.stream".
 """
 
 from __future__ import annotations
@@ -53,7 +34,6 @@ from alianza_jobs.logs import get_logger
 
 SERVICE = "cloudflare_stream"
 DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
-EMULATOR_BASE_URL = "http://emulator.local/client/v4"
 MAX_PAGE_SIZE = 1000
 STREAM_STATES = frozenset(
     {"pendingupload", "downloading", "queued", "inprogress", "ready", "error", "live-inprogress"}
@@ -78,14 +58,6 @@ class StreamVideo:
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     parse_error: str | None = None
     """Why this item's JSON could not be read; None for a well-formed video."""
-
-    @property
-    def is_ready(self) -> bool:
-        return self.parse_error is None and self.state == "ready"
-
-    @property
-    def is_error(self) -> bool:
-        return self.parse_error is None and self.state == "error"
 
     @property
     def error_reason(self) -> str | None:

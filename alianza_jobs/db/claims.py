@@ -2,40 +2,18 @@
 
 A row of a queue table (``streamings``, ``email_queue``) is *claimable* when it is due (the task says
 what due means) and its lease is free: ``locked_until`` is null or has passed. Claiming stamps
-``locked_until = now + lease`` and ``locked_by = owner`` (the Dagster run id) in one statement:
-
-* Postgres: ``UPDATE ... WHERE id IN (SELECT id ... LIMIT n FOR UPDATE SKIP LOCKED) RETURNING *``.
-  Concurrent claimers skip each other's locked candidates instead of queueing behind them, and a
-  candidate another claimer committed in the meantime is re-checked against the WHERE clause (READ
-  COMMITTED's re-evaluation of locked rows), so its fresh lease excludes it.
-* SQLite: the same statement without the row locks. Our engine starts every transaction with
-  ``BEGIN IMMEDIATE``, so the select and the update run under the database's single write lock.
-
-The owner is the Dagster run id. Op retries happen inside the same run, so a retried attempt is the
-same owner: what the failed attempt released (it does, on the way out) it can claim again at once;
-rows it could not release come back when the lease passes, like a crashed run's.
-
-What happens to a claimed row:
-
-* the task finishes it: :meth:`Claim.write` records the outcome and clears the lease, in bulk, in
-  one transaction, and only where ``locked_by`` is still this owner: a run whose lease ran out (it
-  was paused, or slower than the lease) cannot overwrite the row another run has claimed since;
-* the task exits early, fails, or is cancelled by its timeout: :func:`claim` releases the rows it
-  did not finish on the way out (``async with`` runs its exit on cancellation too);
-* the process dies (killed, out of memory): nothing releases the rows; their lease passes and the
-  next run claims them. So pick a lease longer than the task's timeout, or a slow but healthy run
-  loses its rows to the next one.
+``locked_until = now + lease`` and ``locked_by = owner`` (the Dagster run id) in one statement;
+:func:`write_rows` and :func:`release_held` finish or give back only rows this owner still holds.
+How each backend keeps claimers apart: docs/platform.md, "alianza_jobs.db.claims".
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
@@ -54,7 +32,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 from alianza_jobs.db.engine import session_factory
 from alianza_jobs.db.models import EmailQueue, Streaming
 from alianza_jobs.db.types import utcnow
-from alianza_jobs.logs import TaskLogger, get_logger
+from alianza_jobs.logs import TaskLogger
 
 Q = TypeVar("Q", Streaming, EmailQueue)
 
@@ -297,137 +275,6 @@ async def _update_executemany(
     return [row["id"] for row in mine]
 
 
-@dataclass
-class Claim(Generic[Q]):
-    """Rows claimed for one owner, and what became of them.
-
-    ``rows`` are detached ORM objects (read them freely; change the database through
-    :meth:`write`). Rows neither written with ``release`` nor released are given back when the
-    :func:`claim` block exits.
-    """
-
-    engine: AsyncEngine
-    model: type[Q]
-    owner: str
-    rows: list[Q]
-    release_values: Mapping[str, Any] = field(default_factory=dict)
-    _open: set[int] = field(init=False, default_factory=set)
-
-    def __post_init__(self) -> None:
-        self._open = {row.id for row in self.rows}
-
-    @property
-    def ids(self) -> list[int]:
-        return [row.id for row in self.rows]
-
-    @property
-    def unfinished(self) -> set[int]:
-        return set(self._open)
-
-    async def write(
-        self, changes: Sequence[Mapping[str, Any]], *, release: bool = True
-    ) -> list[int]:
-        """:func:`write_rows` for this claim; rows written with ``release`` count as finished.
-
-        Rows whose lease was lost also count as finished: they are another run's now.
-        """
-        written = await write_rows(
-            self.engine, self.model, owner=self.owner, changes=changes, release=release
-        )
-        requested = {int(change["id"]) for change in changes}
-        if release:
-            self._open -= requested
-        else:
-            self._open -= requested - set(written)
-        lost = requested - set(written)
-        if lost:
-            get_logger().warning(
-                "Lease lost before the write: another run owns these rows now",
-                table=self.model.__tablename__,
-                lost=len(lost),
-                lost_ids=_preview(lost),
-            )
-        return written
-
-    async def release(self, ids: Iterable[int] | None = None) -> int:
-        """Give back some rows early (default: every unfinished one)."""
-        targets = self._open if ids is None else self._open & set(ids)
-        if not targets:
-            return 0
-        released = await release_rows(
-            self.engine,
-            self.model,
-            owner=self.owner,
-            ids=targets,
-            values=self.release_values,
-        )
-        self._open -= targets
-        return released
-
-
-@asynccontextmanager
-async def claim(
-    engine: AsyncEngine,
-    model: type[Q],
-    *,
-    owner: str,
-    lease: timedelta,
-    limit: int,
-    due: ColumnElement[bool],
-    order_by: Sequence[ColumnElement[Any] | InstrumentedAttribute[Any]] = (),
-    values: Mapping[str, Any] | None = None,
-    release_values: Mapping[str, Any] | None = None,
-    now: datetime | None = None,
-) -> AsyncIterator[Claim[Q]]:
-    """Claim rows (see :func:`claim_rows`) for the block; release the unfinished ones on exit.
-
-    The exit runs on success, on error and on cancellation (the task timeout cancels the op). If the
-    release itself fails the rows stay leased until the lease passes, and that is logged.
-    """
-    rows = await claim_rows(
-        engine,
-        model,
-        owner=owner,
-        lease=lease,
-        limit=limit,
-        due=due,
-        order_by=order_by,
-        values=values,
-        now=now,
-    )
-    batch = Claim(engine, model, owner, rows, dict(release_values or {}))
-    try:
-        yield batch
-    finally:
-        await _release_on_exit(batch, lease)
-
-
-async def _release_on_exit(batch: Claim[Any], lease: timedelta) -> None:
-    pending = batch.unfinished
-    if not pending:
-        return
-    log = get_logger()
-    started = time.perf_counter()
-    try:
-        async with asyncio.timeout(RELEASE_TIMEOUT_S):
-            released = await batch.release()
-    except Exception as exc:
-        log.error(
-            "Could not release claimed rows; they return to the queue when their lease passes",
-            exc,
-            table=batch.model.__tablename__,
-            rows=len(pending),
-            lease_s=lease.total_seconds(),
-        )
-        return
-    log.info(
-        "Released unfinished claimed rows",
-        table=batch.model.__tablename__,
-        released=released,
-        duration_ms=round((time.perf_counter() - started) * 1000, 1),
-    )
-
-
 def _table(model: type[Q]) -> Table:
     table = model.__table__
     assert isinstance(table, Table)
@@ -439,15 +286,7 @@ def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
         yield items[start : start + size]
 
 
-def _preview(ids: Iterable[int], limit: int = 20) -> str:
-    ordered = sorted(ids)
-    text = ",".join(str(i) for i in ordered[:limit])
-    return text + (f",... (+{len(ordered) - limit})" if len(ordered) > limit else "")
-
-
 __all__ = [
-    "Claim",
-    "claim",
     "claim_rows",
     "held_by",
     "lease_is_free",

@@ -1,29 +1,9 @@
 """The application database as a Dagster resource: async engines for SQLite and Postgres.
 
-A task opens an engine for the length of its op and no longer::
-
-    async with database.engine() as engine:
-        async with engine.begin() as conn:
-            ...
-
-Every Dagster run is its own process, so an engine (and its pool) cannot outlive the op anyway;
-creating it inside the op ties its connections to the op's lifetime: they are closed when the op
-returns, fails, or is cancelled by its timeout.
-
-The URL is the one the user's other tools use (``postgresql://...``, ``sqlite:///...``); the async
-driver (psycopg 3, aiosqlite) is chosen here. Already-async URLs pass through unchanged.
-
-SQLite is shared by the Dagster UI, the daemon and every run, each a process of its own, so:
-
-* WAL journal: readers never block the writer and the writer never blocks readers;
-* a busy timeout: a writer waits for the lock instead of failing with "database is locked";
-* every transaction starts with ``BEGIN IMMEDIATE`` (SQLAlchemy's recipe for taking over BEGIN from
-  the sqlite3 driver, see "Transactions with SQLite and the sqlite3 driver" in its SQLite dialect
-  docs): a transaction that reads and then writes would otherwise start as a reader and try to
-  upgrade to a writer, and two of those deadlock on the upgrade (SQLITE_BUSY at once, no waiting).
-  Taking the write lock up front turns that into plain queueing behind the busy timeout. Read-only
-  work can ask for a deferred BEGIN with :func:`read_only`;
-* foreign keys on (SQLite ignores them otherwise).
+A task opens an engine for the length of its op and no longer (``async with database.engine()``),
+so its connections close when the op returns, fails or times out. The URL is the one the user's
+other tools use; the async driver (psycopg 3, aiosqlite) is chosen here. How SQLite is made safe
+for many processes: docs/platform.md, "alianza_jobs.db.engine".
 """
 
 from __future__ import annotations

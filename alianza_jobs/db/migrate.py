@@ -1,17 +1,8 @@
 """Alembic migrations, shipped inside the package and run from Python (``alianza-jobs db ...``).
 
 A new migration: change ``models.py``, upgrade a scratch database to head, then
-``alianza-jobs db revision "what changed"`` writes ``versions/NNNN_what_changed.py``.
-
-``upgrade`` is idempotent and safe on every start: at head it changes nothing, and two processes
-starting at once (the UI and the daemon) do not both migrate:
-
-* Postgres: the whole upgrade runs in one transaction holding a transaction-scoped advisory lock,
-  so a second upgrader waits, then finds the database at head;
-* SQLite: the transaction starts with ``BEGIN IMMEDIATE`` (see ``resources.database``), which takes
-  the database's write lock up front for the same effect.
-
-Both backends have transactional DDL, so a migration that fails leaves the schema as it was.
+``alianza-jobs db revision "what changed"`` writes ``versions/NNNN_what_changed.py``. ``upgrade``
+is idempotent and safe on every start: docs/platform.md, "alianza_jobs.db.migrate".
 """
 
 from __future__ import annotations

@@ -1,18 +1,8 @@
-"""The application tables (the seed's ``@alianza/database`` schema), as typed SQLAlchemy 2.x models.
+"""The application tables (the shared ``@alianza/database`` schema), as typed SQLAlchemy 2.x models.
 
-Conventions every table follows:
-
-* ``id`` is a BIGINT primary key (plain INTEGER on SQLite, where only that auto-increments);
-* ``created_at``/``updated_at`` are aware UTC timestamps (:class:`UTCDateTime`), set by Python and
-  also by a server default, so rows inserted by raw SQL (benchmarks, psql) get them too;
-* soft-deletable tables carry ``deleted_at``;
-* the two queue tables (``streamings``, ``email_queue``) carry a lease, ``locked_until`` and
-  ``locked_by`` (the claiming run's id), managed by :mod:`alianza_jobs.db.claims`;
-* enumerated text columns are guarded by CHECK constraints, so a typo in a task cannot park a row in
-  a status no query ever looks at again.
-
-The indexes are the ones the tasks' queries need; each says which query in a comment. Any change
-here needs a migration: ``alianza_jobs_tests/db/test_migrations.py`` fails while they disagree.
+BIGINT ids, aware UTC timestamps, leases on the two queue tables, CHECK constraints on
+enumerated text; each index names its query. The conventions in full: docs/platform.md,
+"alianza_jobs.db.models".
 """
 
 from __future__ import annotations

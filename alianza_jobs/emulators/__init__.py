@@ -1,52 +1,61 @@
 """Emulators of the Cloudflare Stream and Resend APIs, for development, tests and benchmarks.
 
-They speak the real wire formats (checked against the official SDKs' response models), model
-latency, rate limits, faults and state that changes over time, and keep their state in files under
-a state directory so every process (each Dagster run is one) sees the same videos and inbox.
-
-In-process::
-
-    transport = httpx.ASGITransport(app=combined_app(state_dir))
-    httpx.AsyncClient(transport=transport, base_url="http://emulator.local/client/v4")  # Stream
-    httpx.AsyncClient(transport=transport, base_url="http://emulator.local")            # Resend
-
-Over a socket: ``alianza-jobs emulate --port 8787``. Steering from Python:
-:class:`StreamEmulator` and :class:`ResendEmulator` (same state directory, any process).
+They speak the real wire formats, model latency, rate limits, faults and state that changes over
+time, and keep their state in files under a state directory so every process (each Dagster run is
+one) sees the same videos and inbox. In-process, ``httpx.ASGITransport(app=combined_app(state_dir))``
+serves Stream at ``IN_PROCESS_STREAM_BASE_URL`` and Resend at ``IN_PROCESS_RESEND_BASE_URL``; over
+a socket, ``alianza-jobs emulate --port 8787``; :class:`StreamEmulator` and :class:`ResendEmulator`
+steer the same state from any process. The names below load on first use, so importing
+``alianza_jobs.emulators.constants`` does not load Starlette.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from pathlib import Path
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from alianza_jobs.emulators.app import (
+from alianza_jobs.emulators.constants import (
     ADMIN_PREFIX,
+    EMULATOR_ACCOUNT_ID,
+    EMULATOR_API_KEY,
+    EMULATOR_STREAM_TOKEN,
+    IN_PROCESS_RESEND_BASE_URL,
+    IN_PROCESS_ROOT,
+    IN_PROCESS_STREAM_BASE_URL,
     STREAM_PREFIX,
-    combined_app,
-    resend_app,
-    stream_app,
 )
-from alianza_jobs.emulators.config import EmulatorConfig, ResendSettings, StreamSettings
-from alianza_jobs.emulators.control import EmulatorControl
-from alianza_jobs.emulators.resend import EMULATOR_API_KEY, DeliveredEmail, ResendEmulator
-from alianza_jobs.emulators.state import Counter
-from alianza_jobs.emulators.stream import EMULATOR_ACCOUNT_ID, StreamEmulator, VideoSpec
 
-IN_PROCESS_ROOT = "http://emulator.local"
-IN_PROCESS_STREAM_BASE_URL = f"{IN_PROCESS_ROOT}{STREAM_PREFIX}"
-IN_PROCESS_RESEND_BASE_URL = IN_PROCESS_ROOT
-EMULATOR_STREAM_TOKEN = "emulator-stream-token"  # noqa: S105 - not a secret: any token works
-"""A token for local use; the Stream emulator accepts any unless told to require one."""
+if TYPE_CHECKING:
+    from alianza_jobs.emulators.app import combined_app, resend_app, stream_app
+    from alianza_jobs.emulators.config import EmulatorConfig, ResendSettings, StreamSettings
+    from alianza_jobs.emulators.control import EmulatorControl
+    from alianza_jobs.emulators.resend import DeliveredEmail, ResendEmulator
+    from alianza_jobs.emulators.state import Counter
+    from alianza_jobs.emulators.stream import StreamEmulator, VideoSpec
+
+_LAZY = {
+    "combined_app": "app",
+    "resend_app": "app",
+    "stream_app": "app",
+    "EmulatorConfig": "config",
+    "ResendSettings": "config",
+    "StreamSettings": "config",
+    "EmulatorControl": "control",
+    "DeliveredEmail": "resend",
+    "ResendEmulator": "resend",
+    "Counter": "state",
+    "StreamEmulator": "stream",
+    "VideoSpec": "stream",
+}
 
 
-def default_state_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """``$DAGSTER_HOME/emulators`` (the same default DAGSTER_HOME the settings use)."""
-    from alianza_jobs.settings import default_dagster_home
-
-    env = os.environ if environ is None else environ
-    home = env.get("DAGSTER_HOME") or str(default_dagster_home())
-    return Path(home) / "emulators"
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
 
 
 __all__ = [
@@ -68,7 +77,6 @@ __all__ = [
     "StreamSettings",
     "VideoSpec",
     "combined_app",
-    "default_state_dir",
     "resend_app",
     "stream_app",
 ]

@@ -14,12 +14,10 @@ from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 
 from alianza_jobs.emulators.admin import AdminRoutes
+from alianza_jobs.emulators.constants import ADMIN_PREFIX, STREAM_PREFIX
 from alianza_jobs.emulators.resend import ResendService
 from alianza_jobs.emulators.state import Clock, StateStore
 from alianza_jobs.emulators.stream import StreamService
-
-STREAM_PREFIX = "/client/v4"
-ADMIN_PREFIX = "/_emulator"
 
 
 def _store(

@@ -3,8 +3,7 @@
 It lives in the state database (not in the process), because the processes that change it (a test,
 a reliability suite, ``alianza-jobs emulate``'s admin route) are rarely the ones serving requests.
 Changes apply from the next request on, in every process sharing the state directory.
-
-Secrets are never stored: a required or revoked token is kept as its SHA-256 digest.
+More: docs/platform.md, "alianza_jobs.emulators.config".
 """
 
 from __future__ import annotations

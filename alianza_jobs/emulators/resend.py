@@ -7,10 +7,7 @@ name, message}``; 401 ``missing_api_key``, 403 ``invalid_api_key`` (the SDK maps
 (same key while the first is in flight); 429 ``rate_limit_exceeded`` with ``retry-after``, and
 ``daily_quota_exceeded``/``monthly_quota_exceeded``. Every answer carries ``ratelimit-limit``,
 ``ratelimit-remaining`` and ``ratelimit-reset``.
-
-A send is processed to the end even when the client goes away (as on the real service): an
-in-process client whose task times out may still have sent the mail, which is exactly the case
-idempotency keys are for.
+More: docs/platform.md, "alianza_jobs.emulators.resend".
 """
 
 from __future__ import annotations
@@ -49,7 +46,6 @@ from alianza_jobs.emulators.pipeline import (
 from alianza_jobs.emulators.state import Admission, StateStore
 
 SERVICE = "resend"
-EMULATOR_API_KEY = "re_emulator_local"
 """A key for local use; the emulator accepts any ``re_`` key unless told to require one."""
 MAX_RECIPIENTS = 50
 MAX_BATCH = 100

@@ -4,11 +4,7 @@ Every Dagster run is its own process and may serve the emulators in-process, whi
 emulate`` serves the same directory over a socket and a test flips faults from a third process. So
 nothing that must be seen by another request lives in memory: videos, sent mail, idempotency keys,
 rate-limit windows, request counters and the configuration are rows here.
-
-SQLite in WAL mode lets readers run beside one writer; writers take the lock up front (``BEGIN
-IMMEDIATE``) so two processes never deadlock upgrading a read lock, and wait for each other through
-``busy_timeout``. Calls are blocking: the ASGI side runs them in a worker thread
-(:meth:`StateStore.call`) so a busy database never stalls the event loop of the run using it.
+More: docs/platform.md, "alianza_jobs.emulators.state".
 """
 
 from __future__ import annotations
@@ -273,17 +269,6 @@ class StateStore:
             )
         return self.config()
 
-    def replace_config(self, body: Mapping[str, Any]) -> EmulatorConfig:
-        parse_config(merge_config({}, body))
-        with self.write() as conn:
-            conn.execute("DELETE FROM config")
-            if body:
-                conn.execute(
-                    "INSERT INTO config (id, body) VALUES (1, ?)",
-                    (json.dumps(merge_config({}, body)),),
-                )
-        return self.config()
-
     def now(self, config: EmulatorConfig | None = None) -> float:
         """Emulated time: the (injectable) clock plus the stored offset."""
         cfg = config or self.config()
@@ -364,16 +349,6 @@ class StateStore:
                 remaining=limit - count - 1,
                 reset_s=_ceil_s(first + window_s - now),
                 retry_after_s=None,
-            )
-
-    def next_seq(self, service: str) -> int:
-        with self.write() as conn:
-            return int(
-                conn.execute(
-                    "INSERT INTO sequences (service, n) VALUES (?, 1) "
-                    "ON CONFLICT (service) DO UPDATE SET n = n + 1 RETURNING n",
-                    (service,),
-                ).fetchone()[0]
             )
 
     def count(self, service: str, endpoint: str, status: int) -> None:

@@ -2,13 +2,11 @@
 
 Each video has a timeline fixed when it is registered: ``queued_us`` (pendingupload/downloading ->
 queued), ``inprogress_us`` and ``final_us``, an outcome (ready or error), a duration and an error
-reason. Unless given, they are derived from the uid and the config's seed, so the same registration
+reason. Unless given, they are derived from the uid and the config's random seed, so the same registration
 gives the same video everywhere. The state a client sees is a pure function of the timeline and the
 time of the request, which is why any process can answer for any video, and why the list endpoint
 can filter on ``status`` in SQL.
-
-Wire format: the ``cloudflare`` SDK's ``cloudflare.types.stream.Video`` (tests validate against it),
-in Cloudflare's envelope ``{result, success, errors, messages}``.
+More: docs/platform.md, "alianza_jobs.emulators.stream".
 """
 
 from __future__ import annotations
@@ -35,6 +33,7 @@ from alianza_jobs.emulators.config import (
     StreamSettings,
     token_digest,
 )
+from alianza_jobs.emulators.constants import EMULATOR_ACCOUNT_ID
 from alianza_jobs.emulators.control import EmulatorControl
 from alianza_jobs.emulators.faults import gateway_error_page
 from alianza_jobs.emulators.pipeline import (
@@ -47,14 +46,12 @@ from alianza_jobs.emulators.pipeline import (
 from alianza_jobs.emulators.state import Admission, StateStore
 
 SERVICE = "stream"
-EMULATOR_ACCOUNT_ID = "e" * 32
-"""An account id for local use; the emulator accepts any unless told to require one."""
 MAX_LIMIT = 1000
 UID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 
 # Cloudflare's error codes. 971 (rate limit) and 10000 (authentication) are documented and seen in
 # the wild; the Stream-specific "not found" code could not be confirmed against a real response:
-# clients must branch on the HTTP status (as DESIGN.md says), never on these numbers.
+# clients must branch on the HTTP status (as the clients do), never on these numbers.
 CODE_RATE_LIMITED = 971
 CODE_AUTH = 10000
 CODE_NOT_FOUND = 10003
@@ -88,7 +85,7 @@ _RESOLUTIONS = ((1920, 1080), (1280, 720), (854, 480), (1080, 1920), (3840, 2160
 
 @dataclass(frozen=True)
 class VideoSpec:
-    """A video to register. Anything left ``None`` is derived from the uid and the seed.
+    """A video to register. Anything left ``None`` is derived from the uid and the random seed.
 
     Offsets are seconds after ``started`` (the moment processing began; default: registration).
     ``created`` is what the API reports and lists by; it may be far in the past (demo data)

@@ -7,20 +7,18 @@ exit; we want the UI, the CLI and the daemon to share one history, so everything
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 from dagster import DagsterInstance
 
-from alianza_jobs.settings import default_dagster_home
+from alianza_jobs.settings import pin_dagster_home
 
 REPO_DAGSTER_YAML = Path(__file__).resolve().parents[2] / "dagster.yaml"
 
 
 def ensure_dagster_home() -> Path:
-    home = Path(os.environ.get("DAGSTER_HOME") or default_dagster_home()).resolve()
-    os.environ["DAGSTER_HOME"] = str(home)
+    home = pin_dagster_home()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists() and REPO_DAGSTER_YAML.exists():

@@ -1,4 +1,4 @@
-"""Per-run metrics: the seed's ``metricsCollector``.
+"""Per-run metrics: Dagster metadata always, a Prometheus Pushgateway when enabled.
 
 The primary record is Dagster's own: the task wrapper writes duration, outcome and counters as op
 output and materialization metadata, so the UI plots their history per asset. When
@@ -9,11 +9,11 @@ in a process is logged as a warning and later ones are silent.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from alianza_jobs.logs import get_logger
+from alianza_jobs.settings import metrics_target
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -25,7 +25,7 @@ _warned = False
 
 
 def enabled() -> bool:
-    return os.environ.get("METRICS_ENABLED", "").strip().lower() in {"1", "true", "yes", "on"}
+    return metrics_target().enabled
 
 
 def record_task(
@@ -41,7 +41,7 @@ def record_task(
     from prometheus_client import CollectorRegistry, Gauge
 
     registry = CollectorRegistry()
-    labels = {"task": task, "env": os.environ.get("ALIANZA_ENV", "local")}
+    labels = {"task": task, "env": metrics_target().env}
     Gauge(
         "alianza_task_duration_seconds",
         "Wall time of the task's last attempt",
@@ -111,7 +111,7 @@ def _extra_gauges(
 
 def push(registry: CollectorRegistry, job: str) -> bool:
     global _warned
-    url = os.environ.get("PROMETHEUS_PUSHGATEWAY_URL", "").strip()
+    url = metrics_target().pushgateway_url
     if not url:
         return False
     from prometheus_client import push_to_gateway

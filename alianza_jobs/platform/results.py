@@ -1,4 +1,4 @@
-"""The seed's ``JobResult``, read back from a finished Dagster run in the instance's storage."""
+"""A job's result (``JobResult``), read back from a finished Dagster run in the instance's storage."""
 
 from __future__ import annotations
 

@@ -1,19 +1,9 @@
-"""One declaration per task: the seed's ``jobManager.register(cron, {handler, timeout, retry...})``.
+"""One declaration per task: its cron, timeout, retries and handler, in one place.
 
-A :class:`TaskSpec` holds what the seed's registration held (cron, timeout, retries) and turns a plain
-``async def`` into Dagster's own pieces:
-
-* ``spec.op(fn)`` / ``spec.asset(...)(fn)``: the op (or asset) with its ``RetryPolicy``, an enforced
-  timeout, bound logging and per-run metrics;
-* ``spec.job(op)`` / ``spec.asset_job(...)``: its job, tagged with ``dagster/max_runtime`` so run
-  monitoring kills a run that hangs outside our reach (a blocking call the timeout cannot cancel);
-* ``spec.schedule(job, settings)``: its ``ScheduleDefinition`` on the cron for the current environment,
-  which skips a tick while an earlier run of the job is still queued or running.
-
-Dagster has no op-level timeout (dagster-io/dagster#3666). Ours wraps the coroutine in
-``asyncio.timeout``: on expiry the task is cancelled, so its ``async with`` blocks (claims, sessions,
-HTTP clients) release what they hold, and the op fails with ``TaskTimeoutError``, which the
-``RetryPolicy`` retries like any other failure.
+A :class:`TaskSpec` holds a task's registration (cron, timeout, retries) and turns a plain
+``async def`` into Dagster's own pieces: the op or asset (``RetryPolicy``, an enforced timeout,
+bound logging, metrics), its job and its schedule. What each piece does and why Dagster needs the
+timeout from us: docs/platform.md, "alianza_jobs.platform.task".
 """
 
 from __future__ import annotations
@@ -101,7 +91,7 @@ class TaskError(Exception):
 
 @dataclass(frozen=True)
 class Retry:
-    """The seed's ``retry/maxRetries/retryDelay``, plus Dagster's backoff and jitter."""
+    """Retries and the delay between them, plus Dagster's backoff and jitter."""
 
     max_retries: int
     delay: timedelta
@@ -174,7 +164,7 @@ class TaskSpec:
     cron: str | None = None
     """Default cron (UTC); ``None`` for a task that only runs when launched by hand."""
     env_crons: Mapping[str, str] = field(default_factory=dict)
-    """Per-``ALIANZA_ENV`` crons, the seed's wrangler ``[env.*] crons``."""
+    """Per-``ALIANZA_ENV`` crons (an environment without one uses the default cron)."""
     retry: Retry | None = None
     assets: Sequence[str] = ()
     """Asset keys (tables) this task maintains: each successful run materializes them."""
@@ -346,7 +336,7 @@ class TaskSpec:
                 tags[TAG_SCHEDULED_TIME] = scheduled.isoformat()
             partition_key = None
             if isinstance(partitions_def, TimeWindowPartitionsDefinition) and scheduled:
-                # Like the seed's 02:00 report: the last *complete* day, i.e. yesterday.
+                # A 02:00 report covers the last *complete* day, i.e. yesterday.
                 partition_key = last_complete_partition(partitions_def, scheduled)
             return RunRequest(tags=tags, partition_key=partition_key)
 
@@ -397,7 +387,7 @@ class TaskSpec:
                     duration_ms = round((time.perf_counter() - started) * 1000, 1)
                     report = result if isinstance(result, TaskReport) else None
                     metrics.record_task(spec.name, attempt, outcome, duration_ms, report)
-                    # The seed's closing line, one per attempt, with the seed's field names.
+                    # The closing line, one per attempt, with the field names log searches already use.
                     logger.log(
                         logging.INFO if outcome == "success" else logging.ERROR,
                         "Cron job execution completed"
@@ -468,7 +458,7 @@ class TaskSpec:
 
 
 def run_logger(context: OpExecutionContext | AssetExecutionContext, task: str) -> TaskLogger:
-    """The logger for this run: run id (the seed's executionId), job, cron, scheduled time."""
+    """The logger for this run: run id (the execution id), job, cron, scheduled time."""
     fields: dict[str, Any] = {"task": task}
     try:
         run = context.run
@@ -543,11 +533,6 @@ def _redacted(exc: Exception) -> Exception:
 def _seconds(value: timedelta) -> str:
     seconds = value.total_seconds()
     return str(int(seconds)) if seconds == int(seconds) else f"{seconds:g}"
-
-
-def scheduled_time_of(tags: Mapping[str, str]) -> datetime | None:
-    raw = tags.get(TAG_SCHEDULED_TIME)
-    return datetime.fromisoformat(raw) if raw else None
 
 
 def check_cron_overrides(settings: Settings, job_names: Sequence[str]) -> None:

@@ -17,7 +17,12 @@ from alianza_jobs.clients.http import PermanentApiError
 from alianza_jobs.clients.resend import OutgoingEmail, idempotency_key_for
 from alianza_jobs.clients.stream import STREAM_STATES
 from alianza_jobs.emulators import EMULATOR_ACCOUNT_ID, ResendEmulator, StreamEmulator
-from alianza_jobs.resources import CloudflareStream, ResendEmail
+from alianza_jobs.resources import (
+    CloudflareStream,
+    EmulatedCloudflareStream,
+    EmulatedResendEmail,
+    ResendEmail,
+)
 from alianza_jobs_tests.emulators.conftest import start_emulate, stop
 
 TOKEN = "emulator-token"
@@ -32,16 +37,22 @@ class Target:
 
     def stream(self, **overrides: object) -> CloudflareStream:
         if self.root is None:
-            where: dict[str, object] = {"emulator_state_dir": str(self.state_dir)}
-        else:
-            where = {"base_url": f"{self.root}/client/v4"}
+            return EmulatedCloudflareStream(
+                account_id=EMULATOR_ACCOUNT_ID,
+                api_token=TOKEN,
+                emulator_state_dir=str(self.state_dir),
+                **overrides,
+            )
         return CloudflareStream(
-            account_id=EMULATOR_ACCOUNT_ID, api_token=TOKEN, **where, **overrides
+            account_id=EMULATOR_ACCOUNT_ID,
+            api_token=TOKEN,
+            base_url=f"{self.root}/client/v4",
+            **overrides,
         )
 
     def resend(self) -> ResendEmail:
         if self.root is None:
-            return ResendEmail(api_key=RESEND_KEY, emulator_state_dir=str(self.state_dir))
+            return EmulatedResendEmail(api_key=RESEND_KEY, emulator_state_dir=str(self.state_dir))
         return ResendEmail(api_key=RESEND_KEY, base_url=self.root)
 
 

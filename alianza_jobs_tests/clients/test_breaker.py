@@ -17,7 +17,6 @@ from alianza_jobs.clients.breaker import (
     BreakerState,
     CircuitBreaker,
     CircuitOpenError,
-    FileBreakerStore,
     MemoryBreakerStore,
 )
 from alianza_jobs.clients.http import (
@@ -27,9 +26,11 @@ from alianza_jobs.clients.http import (
     RetryableApiError,
 )
 from alianza_jobs.clients.resend import OutgoingEmail
+from alianza_jobs.db.breaker_store import DatabaseBreakerStore
 from alianza_jobs.platform.failures import dagster_failure
 from alianza_jobs.resources import CloudflareStream, ResendEmail
 from alianza_jobs_tests.clients.conftest import RESEND_KEY, STREAM_TOKEN, FakeClock, LogCapture
+from alianza_jobs_tests.db.helpers import migrated_engine
 
 BASE = "https://cf.test/client/v4"
 VIDEO_PATH = "/accounts/acc/stream/vid1"
@@ -128,7 +129,7 @@ async def test_after_cool_down_a_good_probe_closes(
     clock.advance(31)
     async with stream().client(breaker_store=store, timing=clock.timing()) as c:
         video = await c.get_video("vid1")
-        assert video.is_ready
+        assert video.parse_error is None and video.state == "ready"
         await c.get_video("vid1")
         snapshot = c.breaker_snapshot()
 
@@ -253,22 +254,26 @@ async def test_a_probe_stopped_by_our_own_rate_limit_decides_nothing(
         assert c.breaker_snapshot()["state"] == "closed"
 
 
-async def test_breaker_state_outlives_the_process_in_a_file(
+async def test_breaker_state_outlives_the_process_in_the_database(
     tmp_path: Path, clock: FakeClock
 ) -> None:
-    path = tmp_path / "breakers.json"
-    first = CircuitBreaker("resend", FileBreakerStore(path), threshold=1, clock=clock.now)
-    await first.load()
-    await first.record_failure(RetryableApiError("resend", 500, "server_error", "down"))
-    # Another store on the same file: what a later run in another process would see.
-    second = CircuitBreaker("resend", FileBreakerStore(path), threshold=1, clock=clock.now)
-    state = await second.load()
-    assert state.state == "open"
-    assert state.opened_until == datetime(2026, 3, 1, 12, 2, tzinfo=UTC)
-    assert state.last_error is not None and "down" in state.last_error
-    with pytest.raises(CircuitOpenError):
-        await second.before_call()
-    assert await FileBreakerStore(tmp_path / "missing.json").load("resend") is None
+    url = f"sqlite:///{tmp_path / 'breakers.db'}"
+    async with migrated_engine(url) as engine:
+        assert await DatabaseBreakerStore(engine).load("resend") is None
+        first = CircuitBreaker("resend", DatabaseBreakerStore(engine), threshold=1, clock=clock.now)
+        await first.load()
+        await first.record_failure(RetryableApiError("resend", 500, "server_error", "down"))
+    # Another engine on the same database: what a later run in another process would see.
+    async with migrated_engine(url) as engine:
+        second = CircuitBreaker(
+            "resend", DatabaseBreakerStore(engine), threshold=1, clock=clock.now
+        )
+        state = await second.load()
+        assert state.state == "open"
+        assert state.opened_until == datetime(2026, 3, 1, 12, 2, tzinfo=UTC)
+        assert state.last_error is not None and "down" in state.last_error
+        with pytest.raises(CircuitOpenError):
+            await second.before_call()
 
 
 async def test_resend_has_its_own_breaker(clock: FakeClock) -> None:

@@ -125,7 +125,7 @@ async def test_error_reason_in_both_spellings(
 
     video = await client.get_video("vid1")
 
-    assert video.is_error
+    assert video.parse_error is None and video.state == "error"
     assert video.error_reason_code == "ERR_NON_VIDEO"
     assert video.error_reason_text == "The file was not a video"
     assert video.error_reason == "ERR_NON_VIDEO: The file was not a video"
@@ -146,7 +146,7 @@ def test_malformed_item_is_reported_not_raised(change: dict[str, Any], problem: 
     video = parse_video(raw)
     assert video.parse_error is not None
     assert problem in video.parse_error
-    assert not video.is_ready
+    assert not (video.parse_error is None and video.state == "ready")
     with pytest.raises(PermanentApiError) as caught:
         video.require_valid()
     assert caught.value.code == "malformed_item"
@@ -269,7 +269,7 @@ async def test_transient_failure_then_success(
         ]
     )
     video = await client.get_video("vid1")
-    assert video.is_ready
+    assert video.parse_error is None and video.state == "ready"
     assert client.calls == 3
     assert client.retries == 2
     assert len(clock.sleeps) == 2
@@ -584,7 +584,7 @@ async def test_a_429_holds_back_the_next_call(api: respx.MockRouter, clock: Fake
         with pytest.raises(RetryableApiError):
             await c.get_video("vid1")
         video = await c.get_video("vid1")
-    assert video.is_ready
+    assert video.parse_error is None and video.state == "ready"
     assert sent == [0.0, 20.0]
 
 

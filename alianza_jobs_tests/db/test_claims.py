@@ -10,13 +10,12 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
 from sqlalchemy import column, event, insert, select, update
 from sqlalchemy import values as sql_values
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from alianza_jobs.db import claims
-from alianza_jobs.db.claims import claim, claim_rows, release_rows, write_rows
+from alianza_jobs.db.claims import claim_rows, release_rows, write_rows
 from alianza_jobs.db.engine import create_engine
 from alianza_jobs.db.models import EmailQueue, EmailStatus, Streaming, StreamingStatus
 from alianza_jobs_tests.conftest import REPO
@@ -296,83 +295,6 @@ async def test_release_touches_only_the_owners_rows(engine: AsyncEngine) -> None
 
 
 # -- the claim context manager --------------------------------------------------------------------
-
-
-async def _emails_by_status(engine: AsyncEngine) -> dict[str, int]:
-    async with engine.connect() as conn:
-        rows = (await conn.execute(select(EmailQueue.status, EmailQueue.locked_by))).all()
-    summary: dict[str, int] = {}
-    for status, owner in rows:
-        key = f"{status}/{'leased' if owner else 'free'}"
-        summary[key] = summary.get(key, 0) + 1
-    return summary
-
-
-def _email_claim(engine: AsyncEngine, owner: str = "run-1") -> Any:
-    return claim(
-        engine,
-        EmailQueue,
-        owner=owner,
-        lease=LEASE,
-        limit=10,
-        due=EmailQueue.status.in_(["pending", "sending"]),
-        values={"status": "sending"},
-        release_values={"status": "pending"},
-    )
-
-
-async def test_clean_exit_releases_what_was_not_finished(engine: AsyncEngine) -> None:
-    await add_emails(engine, 5)
-    async with _email_claim(engine) as batch:
-        assert len(batch.rows) == 5
-        assert await _emails_by_status(engine) == {"sending/leased": 5}
-        done = batch.ids[:2]
-        await batch.write([{"id": i, "status": "sent"} for i in done])
-        assert batch.unfinished == set(batch.ids[2:])
-    assert await _emails_by_status(engine) == {"sent/free": 2, "pending/free": 3}
-
-
-async def test_an_error_releases_what_was_not_finished(engine: AsyncEngine) -> None:
-    await add_emails(engine, 4)
-
-    async def task() -> None:
-        async with _email_claim(engine) as batch:
-            await batch.write([{"id": batch.ids[0], "status": "sent"}])
-            raise RuntimeError("provider down")
-
-    with pytest.raises(RuntimeError, match="provider down"):
-        await task()
-    assert await _emails_by_status(engine) == {"sent/free": 1, "pending/free": 3}
-
-
-async def test_cancellation_by_the_task_timeout_releases_the_claim(engine: AsyncEngine) -> None:
-    await add_emails(engine, 4)
-    claimed = asyncio.Event()
-
-    async def task() -> None:
-        async with _email_claim(engine) as batch:
-            await batch.write([{"id": batch.ids[0], "status": "sent"}])
-            claimed.set()
-            await asyncio.Event().wait()  # a send that never returns
-
-    with pytest.raises(TimeoutError):
-        async with asyncio.timeout(1.0):
-            await task()
-    assert claimed.is_set()
-    assert await _emails_by_status(engine) == {"sent/free": 1, "pending/free": 3}
-
-
-async def test_rows_lost_to_another_run_are_not_released_by_the_loser(
-    engine: AsyncEngine,
-) -> None:
-    await add_emails(engine, 2)
-    # Inside the claim: slow's lease ran out and "fast" took one of its rows.
-    async with _email_claim(engine, owner="slow") as batch, engine.begin() as conn:
-        await conn.execute(
-            update(EmailQueue).where(EmailQueue.id == batch.ids[0]).values(locked_by="fast")
-        )
-    owners = sorted((await lease_of(engine, EmailQueue)).values(), key=lambda v: v[0] or "")
-    assert [owner for owner, _ in owners] == [None, "fast"]
 
 
 # -- which bulk form ------------------------------------------------------------------------------

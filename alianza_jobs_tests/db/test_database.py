@@ -20,6 +20,7 @@ from alianza_jobs.db.engine import (
 )
 from alianza_jobs.db.models import EmailQueue, Streaming, User
 from alianza_jobs.resources import Database
+from alianza_jobs.settings import mask_url
 from alianza_jobs_tests.db.helpers import migrated_engine
 
 
@@ -207,7 +208,7 @@ async def test_session_helper_commits_and_closes(database_url: str) -> None:
     assert user.created_at.tzinfo is UTC
 
 
-def test_display_url_masks_the_password() -> None:
+def test_the_database_url_shows_masked() -> None:
     database = Database(url="postgresql://app:s3cr3t-pass@db.internal:5432/alianza")
-    assert "s3cr3t-pass" not in database.display_url
-    assert "db.internal" in database.display_url
+    assert "s3cr3t-pass" not in mask_url(database.url)
+    assert "db.internal" in mask_url(database.url)

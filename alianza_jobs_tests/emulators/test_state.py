@@ -20,11 +20,11 @@ from alianza_jobs.emulators import (
     StreamEmulator,
     VideoSpec,
     combined_app,
-    default_state_dir,
     resend_app,
     stream_app,
 )
 from alianza_jobs.emulators.state import DB_FILENAME
+from alianza_jobs.settings import default_emulator_state_dir
 
 AUTH = {"Authorization": "Bearer t"}
 
@@ -155,8 +155,8 @@ async def test_app_overrides_apply_to_that_app_only(tmp_path: Path) -> None:
 
 
 def test_default_state_dir_is_under_dagster_home(dagster_home: Path) -> None:
-    assert default_state_dir() == dagster_home / "emulators"
-    assert default_state_dir({"DAGSTER_HOME": "/x"}) == Path("/x/emulators")
+    assert default_emulator_state_dir() == dagster_home / "emulators"
+    assert default_emulator_state_dir({"DAGSTER_HOME": "/x"}) == Path("/x/emulators")
 
 
 def _worker(state_dir: str, worker: int, n: int) -> list[str]:

@@ -53,7 +53,7 @@ from alianza_jobs.defs.videos import process_streaming_video_queue, sync_stream_
 from alianza_jobs.emulators import EMULATOR_API_KEY, ResendEmulator
 from alianza_jobs.logs import TaskLogger
 from alianza_jobs.platform.task import Retry
-from alianza_jobs.resources import ResendEmail
+from alianza_jobs.resources import EmulatedResendEmail
 from alianza_jobs_tests.reliability.conftest import Outcomes
 from alianza_jobs_tests.reliability.harness import email_row, migrate, run_async
 
@@ -350,7 +350,7 @@ class EmailQueueMachine(_AsyncMachine):
         self.ids: list[int] = []
 
     async def _run(self, run_class: type[EmailQueueRun], config: EmailQueueConfig = QUEUE) -> None:
-        resend = ResendEmail(
+        resend = EmulatedResendEmail(
             api_key=EMULATOR_API_KEY,
             emulator_state_dir=str(self.state_dir),
             max_attempts=2,

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from alianza_jobs.emulators.constants import EMULATOR_ACCOUNT_ID
 from benchmarks.harness import (
     ChildOutcome,
     Databases,
@@ -31,7 +32,6 @@ from benchmarks.harness import (
 )
 
 Impl = Literal["ours", "baseline"]
-EMULATOR_ACCOUNT_ID = "e" * 32  # the emulator takes any account id; this is its default one
 EMAIL_FROM = "Alianza <jobs@alianza.example>"
 # Where the APIs are for a workload that must not call them: nothing listens on port 9.
 UNUSED_API = "http://127.0.0.1:9"

@@ -8,11 +8,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -29,8 +27,6 @@ from alianza_jobs.clients import stream as stream_api
 from alianza_jobs.clients.http import (
     ApiError,
     RetryableApiError,
-    build_async_client,
-    emulator_transport,
     json_body,
     malformed,
 )
@@ -139,30 +135,6 @@ async def probe_database(database: Database) -> dict[str, Any]:
     return {"revision": current or ""}
 
 
-@asynccontextmanager
-async def _http(
-    *,
-    base_url: str,
-    token: str,
-    emulator_state_dir: str | None,
-    emulator_base_url: str,
-    connect_timeout_s: float,
-    read_timeout_s: float,
-) -> AsyncIterator[httpx.AsyncClient]:
-    """One connection for one request, through the in-process emulator when the resource says so
-    (as the resources' own clients do)."""
-    transport = emulator_transport(Path(emulator_state_dir)) if emulator_state_dir else None
-    async with build_async_client(
-        base_url=emulator_base_url if emulator_state_dir else base_url,
-        headers={"authorization": f"Bearer {token}"},
-        connect_timeout_s=connect_timeout_s,
-        read_timeout_s=read_timeout_s,
-        max_connections=1,
-        transport=transport,
-    ) as client:
-        yield client
-
-
 async def _get(client: httpx.AsyncClient, service: str, path: str, **kwargs: Any) -> httpx.Response:
     try:
         return await client.get(path, **kwargs)
@@ -179,14 +151,7 @@ async def _get(client: httpx.AsyncClient, service: str, path: str, **kwargs: Any
 
 async def probe_stream(stream: CloudflareStream) -> dict[str, Any]:
     path = f"/accounts/{quote(stream.account_id, safe='')}/stream"
-    async with _http(
-        base_url=stream.base_url,
-        token=stream.api_token,
-        emulator_state_dir=stream.emulator_state_dir,
-        emulator_base_url=stream_api.EMULATOR_BASE_URL,
-        connect_timeout_s=stream.connect_timeout_s,
-        read_timeout_s=stream.read_timeout_s,
-    ) as client:
+    async with stream.http_client(max_connections=1) as client:
         response = await _get(client, stream_api.SERVICE, path, params={"limit": "1"})
     if not response.is_success:
         raise stream_api.classify_error(response, utcnow())
@@ -202,14 +167,7 @@ async def probe_stream(stream: CloudflareStream) -> dict[str, Any]:
 
 async def probe_resend(resend: ResendEmail) -> dict[str, Any]:
     path = f"/emails/{PROBE_EMAIL_ID}"
-    async with _http(
-        base_url=resend.base_url,
-        token=resend.api_key,
-        emulator_state_dir=resend.emulator_state_dir,
-        emulator_base_url=resend_api.EMULATOR_BASE_URL,
-        connect_timeout_s=resend.connect_timeout_s,
-        read_timeout_s=resend.read_timeout_s,
-    ) as client:
+    async with resend.http_client(max_connections=1) as client:
         response = await _get(client, resend_api.SERVICE, path)
     if response.is_success:
         return {"status": response.status_code, "key_access": "full"}

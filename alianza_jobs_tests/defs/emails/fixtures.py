@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from alianza_jobs.db.models import DeadLetter, EmailQueue
 from alianza_jobs.db.types import utcnow
 from alianza_jobs.emulators import EMULATOR_API_KEY, ResendEmulator
-from alianza_jobs.resources import AppConfig, Database, ResendEmail
+from alianza_jobs.resources import AppConfig, Database, EmulatedResendEmail
 
 EMAIL_FROM = "Alianza <jobs@alianza.test>"
 UNFINISHED = ("pending", "sending", "failed")
@@ -34,7 +34,7 @@ def resources(url: str, state_dir: Path, **resend: Any) -> dict[str, Any]:
     """The op's resources: the database, Resend served in-process by the emulator, EMAIL_FROM."""
     return {
         "database": Database(url=url),
-        "resend": ResendEmail(
+        "resend": EmulatedResendEmail(
             api_key=EMULATOR_API_KEY, emulator_state_dir=str(state_dir), **resend
         ),
         "app": AppConfig(email_from=EMAIL_FROM),

@@ -27,7 +27,14 @@ from alianza_jobs.defs.health.health_check import HealthCheckConfig, check_servi
 from alianza_jobs.emulators import ResendEmulator, StreamEmulator
 from alianza_jobs.platform import metrics
 from alianza_jobs.platform.task import MAX_RUNTIME_TAG, TAG_JOB
-from alianza_jobs.resources import CloudflareStream, Database, ReportStorage, ResendEmail
+from alianza_jobs.resources import (
+    CloudflareStream,
+    Database,
+    EmulatedCloudflareStream,
+    EmulatedResendEmail,
+    ReportStorage,
+    ResendEmail,
+)
 from alianza_jobs.settings import load_settings
 from alianza_jobs_tests.db.helpers import migrated_engine
 
@@ -56,10 +63,10 @@ def migrated_url(database_url: str) -> str:
 def resources(url: str, tmp_path: Path, state_dir: Path, **overrides: Any) -> dict[str, Any]:
     return {
         "database": Database(url=url),
-        "stream": CloudflareStream(
+        "stream": EmulatedCloudflareStream(
             account_id="acc-health", api_token=STREAM_TOKEN, emulator_state_dir=str(state_dir)
         ),
-        "resend": ResendEmail(api_key=RESEND_KEY, emulator_state_dir=str(state_dir)),
+        "resend": EmulatedResendEmail(api_key=RESEND_KEY, emulator_state_dir=str(state_dir)),
         "reports": ReportStorage(directory=str(tmp_path / "reports")),
         **overrides,
     }

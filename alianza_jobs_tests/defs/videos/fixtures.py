@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from alianza_jobs.db.models import Streaming
 from alianza_jobs.emulators import EMULATOR_ACCOUNT_ID, EMULATOR_STREAM_TOKEN, StreamEmulator
-from alianza_jobs.resources import CloudflareStream
+from alianza_jobs.resources import EmulatedCloudflareStream
 from alianza_jobs_tests.db.helpers import migrated_engine
 
 T = TypeVar("T")
@@ -24,9 +24,9 @@ def uid_for(label: str) -> str:
     return hashlib.sha256(label.encode()).hexdigest()[:32]
 
 
-def stream_resource(state_dir: Path, **overrides: Any) -> CloudflareStream:
+def stream_resource(state_dir: Path, **overrides: Any) -> EmulatedCloudflareStream:
     """The Stream resource served by the in-process emulator in ``state_dir``."""
-    return CloudflareStream(
+    return EmulatedCloudflareStream(
         account_id=EMULATOR_ACCOUNT_ID,
         api_token=EMULATOR_STREAM_TOKEN,
         emulator_state_dir=str(state_dir),

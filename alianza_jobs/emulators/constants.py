@@ -1,0 +1,20 @@
+"""Where the in-process emulators answer and the credentials they hand out for local use.
+
+A module of plain values: importing it loads nothing else of the emulators (no Starlette), so the
+resources can name these without putting the emulators on a code location's import path.
+"""
+
+from __future__ import annotations
+
+IN_PROCESS_ROOT = "http://emulator.local"
+STREAM_PREFIX = "/client/v4"
+ADMIN_PREFIX = "/_emulator"
+IN_PROCESS_STREAM_BASE_URL = f"{IN_PROCESS_ROOT}{STREAM_PREFIX}"
+IN_PROCESS_RESEND_BASE_URL = IN_PROCESS_ROOT
+
+EMULATOR_ACCOUNT_ID = "e" * 32
+"""An account id for local use; the Stream emulator accepts any unless told to require one."""
+EMULATOR_STREAM_TOKEN = "emulator-stream-token"  # noqa: S105 - not a secret: any token works
+"""A token for local use; the Stream emulator accepts any unless told to require one."""
+EMULATOR_API_KEY = "re_emulator_local"
+"""A Resend API key for local use."""
