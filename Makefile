@@ -6,7 +6,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.alianza/dagster_home
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: install dev test lint format typecheck check bench bench-smoke tail emulate clean
+.PHONY: install dev test test-stressed lint format typecheck check bench bench-smoke tail emulate clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ dev: install $(DAGSTER_HOME)/dagster.yaml ## migrate + seed the local database, 
 
 test: install ## the whole suite (Postgres tests skip without a server unless ALIANZA_REQUIRE_POSTGRES=1)
 	$(BIN)/pytest
+
+test-stressed: install ## the whole suite with both CPU cores kept busy (scripts/stress-test)
+	scripts/stress-test $(BIN)/pytest
 
 lint: install ## ruff, the formatter's check, and deptry (every import a declared dependency)
 	$(BIN)/ruff check .
