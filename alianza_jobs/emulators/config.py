@@ -44,6 +44,10 @@ class FaultSettings(BaseModel):
     revoked_tokens_sha256: list[str] = Field(default_factory=list)
     rate_limit_requests: int = Field(1200, ge=1)
     rate_limit_window_s: float = Field(300.0, gt=0)
+    hold_requests: list[int] = Field(default_factory=list)
+    """Numbers of requests (as counted for this service, from 1) that, once in flight and past
+    their latency, wait there until their number is taken off this list: a test's synchronization
+    point (a request provably in flight while something else happens), not a fault."""
 
     @model_validator(mode="after")
     def _check_statuses(self) -> FaultSettings:
@@ -91,6 +95,10 @@ class EmulatorConfig(BaseModel):
     timelines derived for videos, so a run can be replayed."""
     clock_offset_s: float = 0.0
     """Added to the wall clock: tests and demos move time forward without sleeping."""
+    frozen_clock_s: float | None = None
+    """When set, emulated time stands still at this instant (seconds since the epoch; plus
+    ``clock_offset_s``) instead of following the wall clock, in every process: only
+    ``advance_clock`` moves it. For tests whose outcome must not depend on how long they take."""
     stream: StreamSettings = Field(default_factory=StreamSettings)
     resend: ResendSettings = Field(default_factory=ResendSettings)
 

@@ -32,6 +32,8 @@ RESET_STATUS = 0
 """Counter status recorded for a dropped connection."""
 CLIENT_CLOSED_STATUS = 499
 """Counter status recorded for a request its client abandoned before the answer."""
+HOLD_POLL_S = 0.02
+"""How often a held request (``hold_requests``) looks whether it has been let go."""
 
 
 def json_response(
@@ -61,15 +63,22 @@ class RequestContext:
     key_sha256: str
     admission: Admission
     plan: FaultPlan
+    service: str
     _latency_spent: bool = field(default=False)
 
     async def spend_latency(self) -> None:
-        """Sleep this request's latency once (handlers call it where work is "in flight")."""
+        """Sleep this request's latency once (handlers call it where work is "in flight"), then
+        stay there while a test holds the request (its number in ``hold_requests``)."""
         if self._latency_spent:
             return
         self._latency_spent = True
         if self.plan.delay_s > 0:
             await asyncio.sleep(self.plan.delay_s)
+        settings = self.settings
+        while self.admission.seq in settings.hold_requests:
+            await asyncio.sleep(HOLD_POLL_S)
+            config = await self.store.call(self.store.config)
+            settings = getattr(config, self.service)
 
 
 Handler = Callable[[Request, RequestContext], Awaitable[Response]]
@@ -170,6 +179,7 @@ class EmulatedService(ABC):
             key_sha256=prepared.key_sha256 or "",
             admission=admission,
             plan=plan,
+            service=self.name,
         )
         if not admission.allowed:
             await ctx.spend_latency()

@@ -270,9 +270,10 @@ class StateStore:
         return self.config()
 
     def now(self, config: EmulatorConfig | None = None) -> float:
-        """Emulated time: the (injectable) clock plus the stored offset."""
+        """Emulated time: the (injectable) clock, or the frozen instant, plus the stored offset."""
         cfg = config or self.config()
-        return self._clock() + cfg.clock_offset_s
+        base = cfg.frozen_clock_s if cfg.frozen_clock_s is not None else self._clock()
+        return base + cfg.clock_offset_s
 
     def advance_clock(self, seconds: float) -> float:
         with self.write() as conn:

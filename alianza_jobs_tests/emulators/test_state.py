@@ -64,6 +64,46 @@ async def test_injected_clock_moves_videos_without_sleeping(tmp_path: Path) -> N
     assert described["duration"] == 3.5
 
 
+def test_a_frozen_clock_stands_still_for_every_process_until_advanced(tmp_path: Path) -> None:
+    frozen = FakeClock().now
+    videos = StreamEmulator(tmp_path)
+    videos.update_config({"frozen_clock_s": frozen})
+    (uid,) = videos.add_videos([VideoSpec(inprogress_after_s=60, final_after_s=600)])
+    # Another handle, with a wall clock of its own, as another process would have: same time.
+    other = StreamEmulator(tmp_path, clock=lambda: 0.0)
+    assert videos.now() == other.now() == datetime.fromtimestamp(frozen, UTC)
+    assert other.state(uid) == "queued"
+    other.advance_clock(61)
+    assert videos.now() == datetime.fromtimestamp(frozen + 61, UTC)
+    assert videos.state(uid) == "inprogress"
+    videos.update_config({"frozen_clock_s": None})  # back on the wall clock, offset kept
+    assert videos.now() > datetime.fromtimestamp(frozen + 61, UTC)
+
+
+async def test_a_held_request_stays_in_flight_until_released(tmp_path: Path) -> None:
+    mail = ResendEmulator(tmp_path)
+    mail.configure(hold_requests=[1])
+    email = {"from": "a@example.com", "to": "b@example.com", "subject": "s", "text": "t"}
+    auth = {"Authorization": "Bearer re_hold"}
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=combined_app(tmp_path)), base_url=IN_PROCESS_ROOT
+    ) as client:
+        held = asyncio.create_task(
+            client.post("/emails", headers={**auth, "Idempotency-Key": "held"}, json=email)
+        )
+        async with asyncio.timeout(30):
+            while [e["state"] for e in mail.idempotency("held")] != ["in_flight"]:
+                await asyncio.sleep(0.01)  # polling for the request's arrival, bounded above
+        # Request 2 is not held: it is answered while request 1 waits, unsent.
+        other = await client.post("/emails", headers=auth, json={**email, "subject": "t"})
+        assert other.status_code == 200
+        assert not held.done()
+        assert [e.subject for e in mail.inbox()] == ["t"]
+        mail.configure(hold_requests=[])
+        assert (await held).status_code == 200
+    assert [e.subject for e in mail.inbox()] == ["t", "s"]
+
+
 def test_timelines_derive_from_uid_and_seed(tmp_path: Path) -> None:
     start = datetime(2024, 1, 1, tzinfo=UTC)
     uids = [f"{i:032x}" for i in range(40)]
