@@ -1,12 +1,15 @@
 """100,000 videos: registering them and paging through the list by creation time stay fast.
 
-Timings print with ``-s``; the bounds are loose (a shared 2-core machine) but would catch an
-accidental full scan per page or a per-row query.
+Timings print with ``-s``. The bounds are loose: they must hold on a 2-core machine with both
+cores busy elsewhere (there registering took 37 s and the slowest page 2 s), so they catch only
+gross slowdowns. Emulated time stands still (an injected clock): the videos' states are decided by
+the seed, not by how long registering and paging take.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -15,17 +18,23 @@ from alianza_jobs.emulators import IN_PROCESS_STREAM_BASE_URL, StreamEmulator, c
 
 VIDEOS = 100_000
 AUTH = {"Authorization": "Bearer t"}
+FROZEN_AT = 1_714_564_800.0  # 2024-05-01T12:00:00Z
+
+
+def frozen_clock() -> float:
+    return FROZEN_AT
 
 
 async def test_paging_100k_videos_by_creation_time(tmp_path: Path) -> None:
-    videos = StreamEmulator(tmp_path)
+    videos = StreamEmulator(tmp_path, clock=frozen_clock)
     started = time.perf_counter()
     uids = videos.seed(VIDEOS, seed=11, spacing_s=1.0)
     registered_s = time.perf_counter() - started
     assert len(uids) == VIDEOS
 
-    app = combined_app(tmp_path)
+    app = combined_app(tmp_path, clock=frozen_clock)
     seen: set[str] = set()
+    states: Counter[str] = Counter()
     pages = 0
     after: str | None = None
     page_times = []
@@ -43,6 +52,7 @@ async def test_paging_100k_videos_by_creation_time(tmp_path: Path) -> None:
                 break
             pages += 1
             seen.update(v["uid"] for v in result)
+            states.update(v["status"]["state"] for v in result)
             after = result[-1]["created"]
         listed_s = time.perf_counter() - started
 
@@ -56,12 +66,15 @@ async def test_paging_100k_videos_by_creation_time(tmp_path: Path) -> None:
 
     assert seen == set(uids)
     assert pages == VIDEOS // 1000
-    # Timelines start at registration: most are still queued (the rest wait for an upload).
+    # Timelines start at registration and no time has passed since: every video is queued or
+    # still waiting for its upload, most are queued, and the status filter counts exactly those.
+    assert set(states) <= {"queued", "pendingupload", "downloading"}
+    assert filtered.json()["total"] == states["queued"]
     assert filtered.json()["total"] > VIDEOS * 0.8
     print(
         f"\n{VIDEOS} videos: registered in {registered_s:.2f}s; listed in {pages} pages in "
         f"{listed_s:.2f}s (median page {sorted(page_times)[len(page_times) // 2] * 1000:.0f} ms, "
         f"slowest {max(page_times) * 1000:.0f} ms); status filter + count {filtered_s * 1000:.0f} ms"
     )
-    assert registered_s < 60
-    assert max(page_times) < 5
+    assert registered_s < 180
+    assert max(page_times) < 15
