@@ -448,7 +448,7 @@ async def test_process_killed_after_send_rows_wait_for_the_lease_then_no_duplica
     assert emulator.idempotency(key)[0]["replays"] == 1
 
 
-async def poll(check: Callable[[], Awaitable[T]], *, timeout: float = 15.0) -> T:
+async def poll(check: Callable[[], Awaitable[T]], *, timeout: float = 60.0) -> T:
     deadline = time.monotonic() + timeout
     while True:
         value = await check()
@@ -463,8 +463,9 @@ async def test_cancelled_while_the_request_is_in_flight(
 ) -> None:
     """The task timeout cancels the op mid-request; Resend finishes the send regardless."""
     ids = await add_emails(engine, [email(i) for i in range(5)])
-    # Long enough that a loaded machine still sees the request in flight when it cancels.
-    emulator.configure(latency_ms=5000)
+    # The emulator holds the batch request in flight until the test lets it go: the cancellation
+    # lands mid-request however long the machine takes to get there.
+    emulator.configure(hold_requests=[1])
     run = asyncio.create_task(run_op(database_url, state_dir, EmailQueueConfig(concurrency=1)))
 
     async def stamped_key() -> str | None:
@@ -478,6 +479,7 @@ async def test_cancelled_while_the_request_is_in_flight(
         return [e["state"] for e in emulator.idempotency(key)] == ["in_flight"]
 
     await poll(in_flight)
+    assert emulator.count() == 0  # held: nothing sent yet
     run.cancel()
     with pytest.raises(asyncio.CancelledError):
         await run
@@ -489,11 +491,13 @@ async def test_cancelled_while_the_request_is_in_flight(
             key,
         )
 
+    assert await in_flight()  # still held, though its client has gone
+    emulator.configure(hold_requests=[])
+
     async def delivered() -> bool:
         return emulator.count() == 5
 
     await poll(delivered)  # the emulator, like Resend, completes a send whose client went away
-    emulator.configure(latency_ms=0)
     meta = metadata_of(await run_op(database_url, state_dir, EmailQueueConfig()))
     assert meta["sent"] == 5
     assert_delivered_once(emulator, await rows_by_id(engine), set(ids))
