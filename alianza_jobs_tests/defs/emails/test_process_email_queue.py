@@ -569,11 +569,13 @@ def test_job_delivers_every_valid_email_exactly_once_despite_500s_and_the_rate_l
     run_config = {"ops": {OP: {"config": {"batch_size": 50, "backoff_max_s": 60}}}}
     # One attempt per call: every 500 reaches the task (the client would otherwise retry it).
     res = resources(database_url, state_dir, max_attempts=1)
-    # A failed batch waits 15-60 s, longer than a run lasts here: its retry is the next tick's.
-    # Between ticks the task's clock and Resend's (its rate-limit window) move on a minute instead
-    # of the test sleeping: back to back, a run would open on the last one's full window.
+    # A failed batch waits 15-60 s: its retry is the next tick's. The task's clock stands still
+    # during a run (however long a loaded machine makes it, no backoff ends inside it); between
+    # ticks it and Resend's (its rate-limit window) move on a minute instead of the test sleeping:
+    # back to back, a run would open on the last one's full window.
     offset = [0.0]
-    monkeypatch.setattr(sending, "now_utc", lambda: utcnow() + timedelta(seconds=offset[0]))
+    tick = utcnow()
+    monkeypatch.setattr(sending, "now_utc", lambda: tick + timedelta(seconds=offset[0]))
 
     started = time.perf_counter()
     runs = []
