@@ -3,7 +3,9 @@
 against both and talk to them only through HTTP, so they prove the same behaviour either way.
 
 The socket server is started once per session on a free port; each test starts from a clean state
-through the admin reset route. In-process tests get a fresh state directory each.
+through the admin reset route. In-process tests get a fresh state directory each. Either way the
+emulated clock is frozen at the test's start (``frozen_clock_s``): only ``advance`` moves it, so
+video states, rate-limit windows and penalties never depend on how long a loaded machine takes.
 """
 
 from __future__ import annotations
@@ -181,12 +183,15 @@ async def emulator(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
         app = combined_app(state_dir)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, timeout=30) as client:
-            yield Emulator("inprocess", "http://emulator.local", state_dir, client, app)
+            emulator = Emulator("inprocess", "http://emulator.local", state_dir, client, app)
+            await emulator.configure({"frozen_clock_s": time.time()})
+            yield emulator
         return
     server: ServerProcess = request.getfixturevalue("emulate_server")
     async with httpx.AsyncClient(timeout=30) as client:
         emulator = Emulator("socket", server.root, server.state_dir, client, None)
         await emulator.admin("POST", "/reset")
+        await emulator.configure({"frozen_clock_s": time.time()})
         yield emulator
 
 

@@ -206,16 +206,19 @@ async def test_same_key_with_another_body_is_409_invalid_idempotent_request(
 
 
 async def test_same_key_while_in_flight_is_409_concurrent(emulator: Emulator) -> None:
-    await emulator.configure({"resend": {"latency_ms": 1500}})
+    # The first request is held in flight until the second has been answered.
+    await emulator.configure({"resend": {"hold_requests": [1]}})
     key = {"Idempotency-Key": "slow-one"}
     first = asyncio.create_task(emulator.send(email(), headers=key))
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while not (await emulator.admin("GET", "/resend/idempotency/slow-one"))["entries"]:
         assert time.monotonic() < deadline, "the first request never went in flight"
         await asyncio.sleep(0.01)
     second = await emulator.send(email(), headers=key)
     assert second.status_code == 409
     assert second.json()["name"] == "concurrent_idempotent_requests"
+    assert not first.done()
+    await emulator.configure({"resend": {"hold_requests": []}})
     assert (await first).status_code == 200
     replay = await emulator.send(email(), headers=key)
     assert replay.status_code == 200

@@ -31,7 +31,7 @@ async def test_video_advances_from_queued_to_ready_as_time_passes(emulator: Emul
     middle = (await emulator.get_video(uid)).json()["result"]
     assert middle["status"]["state"] == "inprogress"
     assert isinstance(middle["status"]["pctComplete"], str)
-    assert float(middle["status"]["pctComplete"]) == pytest.approx(25.0, abs=2.0)
+    assert middle["status"]["pctComplete"] == "25.000000"  # 5 s into 20 s of processing, exactly
     assert middle["duration"] == 42.5  # known once processing starts, before ready
     assert middle["modified"] > first["modified"]
 
