@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -34,6 +35,26 @@ async def count(engine: AsyncEngine, model: type, *where: object) -> int:
         for clause in where:
             stmt = stmt.where(clause)  # type: ignore[arg-type]
         return int(await conn.scalar(stmt) or 0)
+
+
+async def time_out_when(work: Awaitable[T], ready: Awaitable[object]) -> T:
+    """Await ``work`` under an ``asyncio.timeout`` (as the task runtime runs an op) that passes the
+    moment ``ready`` completes: the timeout fires at a chosen point of the work, where a short
+    fixed timeout races the work to that point and, on a loaded machine, may fire before it."""
+    loop = asyncio.get_running_loop()
+
+    async def expire(deadline: asyncio.Timeout) -> None:
+        await ready
+        deadline.reschedule(loop.time())
+
+    async with asyncio.timeout(None) as deadline:
+        expiry = asyncio.ensure_future(expire(deadline))
+        try:
+            return await work
+        finally:
+            expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await expiry  # what went wrong waiting for `ready`, if anything
 
 
 async def poll(

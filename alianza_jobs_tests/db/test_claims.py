@@ -19,7 +19,7 @@ from alianza_jobs.db.claims import claim_rows, release_rows, write_rows
 from alianza_jobs.db.engine import create_engine
 from alianza_jobs.db.models import EmailQueue, EmailStatus, Streaming, StreamingStatus
 from alianza_jobs_tests.conftest import REPO
-from alianza_jobs_tests.db.helpers import count, migrated_engine, poll
+from alianza_jobs_tests.db.helpers import count, migrated_engine
 
 LEASE = timedelta(minutes=5)
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -163,15 +163,16 @@ async def test_rows_of_a_killed_claimer_come_back_once_its_lease_passes(
     assert {owner for owner, _ in leases.values()} == {"doomed"}
     lease_end = min(until for _, until in leases.values())
 
-    async def survivor_claims() -> list[Streaming]:
+    async def survivor_claims(now: datetime) -> list[Streaming]:
         return await claim_rows(
-            engine, Streaming, owner="survivor", lease=LEASE, limit=1000, due=QUEUED
+            engine, Streaming, owner="survivor", lease=LEASE, limit=1000, due=QUEUED, now=now
         )
 
-    if datetime.now(UTC) < lease_end - timedelta(seconds=0.5):
-        assert await survivor_claims() == []  # the lease still holds
-    got, _ = await poll(survivor_claims, timeout=lease_s + 10)
-    assert datetime.now(UTC) >= lease_end
+    # The survivor's clock is set, not waited for: a moment before the lease ends it gets
+    # nothing, from the moment it ends every row.
+    assert await survivor_claims(lease_end - timedelta(milliseconds=1)) == []  # the lease holds
+    got = await survivor_claims(lease_end)
+    assert all(r.locked_until == lease_end + LEASE for r in got)  # claimed at the lease's end
     assert [r.id for r in got] == ids
     assert {owner for owner, _ in (await lease_of(engine)).values()} == {"survivor"}
 
@@ -292,9 +293,6 @@ async def test_release_touches_only_the_owners_rows(engine: AsyncEngine) -> None
     owners = {i: owner for i, (owner, _) in (await lease_of(engine)).items()}
     assert [owners[r.id] for r in mine] == [None, None, None]
     assert [owners[r.id] for r in theirs] == ["b", "b", "b"]
-
-
-# -- the claim context manager --------------------------------------------------------------------
 
 
 # -- which bulk form ------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from alianza_jobs.db.engine import (
 from alianza_jobs.db.models import EmailQueue, Streaming, User
 from alianza_jobs.resources import Database
 from alianza_jobs.settings import mask_url
-from alianza_jobs_tests.db.helpers import migrated_engine
+from alianza_jobs_tests.db.helpers import migrated_engine, poll, time_out_when
 
 
 async def test_plain_urls_get_an_async_driver(database_url: str) -> None:
@@ -149,21 +149,41 @@ async def test_engine_closes_its_connections_on_exit(database_url: str) -> None:
     assert counts == {"opened": 2, "closed": 2}
 
 
+def _running(url: str, query: str) -> bool:
+    """Whether the server is executing ``query`` on the database of ``url`` right now."""
+    with psycopg.connect(url, autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = %s AND state = 'active' AND query = %s",
+            (url.rsplit("/", 1)[1], query),
+        ).fetchone()
+    return bool(row and row[0])
+
+
+async def _started(url: str, query: str) -> None:
+    """Returns once the server is executing ``query``: the moment to time the op out mid-query,
+    however long it took to connect (a fixed short timeout would race the connect)."""
+    running, _ = await poll(lambda: asyncio.to_thread(_running, url, query), timeout=30)
+    assert running, f"{query} never ran"
+
+
 async def test_engine_closes_its_connections_when_the_op_is_cancelled(database_url: str) -> None:
     """The task timeout cancels the op mid-query (Postgres) or mid-work (SQLite): still closed."""
     tracked: list[dict[str, int]] = []
-    query = "SELECT pg_sleep(30)" if database_url.startswith("postgresql") else "SELECT 1"
+    postgres = database_url.startswith("postgresql")
+    query = "SELECT pg_sleep(30)" if postgres else "SELECT 1"
+    working = asyncio.Event()
 
     async def op() -> None:
         async with Database(url=database_url).engine() as engine:
             tracked.append(_track_connections(engine))
             async with engine.connect() as conn:
                 await conn.execute(text(query))
+                working.set()
                 await asyncio.sleep(30)
 
     with pytest.raises(TimeoutError):
-        async with asyncio.timeout(1.0):
-            await op()
+        await time_out_when(op(), _started(database_url, query) if postgres else working.wait())
     assert tracked == [{"opened": 1, "closed": 1}]
 
 
@@ -190,8 +210,7 @@ async def test_postgres_server_sees_no_connection_after_a_cancelled_query(
             await conn.execute(text("SELECT pg_sleep(30)"))
 
     with pytest.raises(TimeoutError):
-        async with asyncio.timeout(1.5):
-            await op()
+        await time_out_when(op(), _started(postgres_url, "SELECT pg_sleep(30)"))
     assert seen_during == [1]
     assert await asyncio.to_thread(server_connections) == 0
 
