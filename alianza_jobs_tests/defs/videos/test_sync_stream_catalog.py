@@ -46,9 +46,12 @@ OP = "mirror_stream_catalog"
 
 def fill_catalog(state_dir: Path, n: int, *, label: str = "cat") -> list[str]:
     """n videos a minute apart, the newest a minute old: 80% settled (ready or error), 20% still
-    processing for the next ten hours (so the catalog does not change under the test)."""
+    processing for the next ten hours. Emulated time stands still from here (only an explicit
+    advance moves it), so a video still processing reports the same progress however long the
+    test takes: the catalog does not change under the test."""
     stream = emulator(state_dir)
     now = stream.now()
+    stream.store.update_config({"frozen_clock_s": now.timestamp()})
     specs = []
     for i in range(n):
         created = now - timedelta(minutes=n - i)
