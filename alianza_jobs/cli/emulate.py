@@ -140,41 +140,16 @@ def emulate_command(
     port: int,
     host: str,
     state_dir: Path | None,
-    require_token: str | None,
-    require_account: str | None,
-    require_resend_key: str | None,
-    latency_ms: float | None,
-    error_rate: float | None,
-    malformed_rate: float | None,
-    reset_rate: float | None,
-    seed: int | None,
-    stream_rate_limit: int | None,
-    stream_rate_window: float | None,
-    stream_penalty: float | None,
-    resend_rate_limit: int | None,
-    daily_quota: int | None,
     seed_videos: int,
     log_level: str,
+    **settings: Any,
 ) -> None:
     """Serve the Cloudflare Stream and Resend emulators (Stream under /client/v4, Resend at /)."""
     import uvicorn
 
     directory = (state_dir or default_emulator_state_dir()).resolve()
-    overrides = _overrides(
-        require_token=require_token,
-        require_account=require_account,
-        require_resend_key=require_resend_key,
-        latency_ms=latency_ms,
-        error_rate=error_rate,
-        malformed_rate=malformed_rate,
-        reset_rate=reset_rate,
-        seed=seed,
-        stream_rate_limit=stream_rate_limit,
-        stream_rate_window=stream_rate_window,
-        stream_penalty=stream_penalty,
-        resend_rate_limit=resend_rate_limit,
-        daily_quota=daily_quota,
-    )
+    # `settings`: the fault, auth and rate-limit options, under the names `_overrides` takes.
+    overrides = _overrides(**settings)
     try:
         app = combined_app(directory, overrides=overrides)
     except ValueError as exc:
@@ -183,7 +158,7 @@ def emulate_command(
         videos = StreamEmulator(directory)
         present = videos.count()
         if seed_videos > present:
-            videos.seed(seed_videos - present, seed=seed or 0, first_index=present)
+            videos.seed(seed_videos - present, seed=settings["seed"] or 0, first_index=present)
 
     if host not in _LOOPBACK:
         click.echo(
