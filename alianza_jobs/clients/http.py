@@ -37,6 +37,7 @@ from alianza_jobs.clients.ratelimit import (
 from alianza_jobs.clients.timing import Timing, parse_retry_after
 from alianza_jobs.logs import get_logger
 from alianza_jobs.redaction import secret_values
+from alianza_jobs.settings import MIN_SECRET_LEN
 
 if TYPE_CHECKING:
     from alianza_jobs.clients.breaker import CircuitBreaker
@@ -68,7 +69,6 @@ __all__ = [
 T = TypeVar("T")
 
 USER_AGENT = "alianza-jobs/0.1 (+httpx)"
-_MIN_SECRET_LEN = 6
 
 
 @dataclass(frozen=True)
@@ -143,8 +143,8 @@ class ApiCaller:
 
     def __post_init__(self) -> None:
         self._semaphore = asyncio.Semaphore(max(1, self.max_concurrency))
-        # As in core.redaction: a value this short would mask ordinary words, and is no real key.
-        self._secrets = [s for s in self.secrets if len(s) >= _MIN_SECRET_LEN]
+        # As in redaction: a value this short would mask ordinary words, and is no real key.
+        self._secrets = [s for s in self.secrets if len(s) >= MIN_SECRET_LEN]
 
     async def request(
         self,
