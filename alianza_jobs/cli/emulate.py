@@ -36,6 +36,11 @@ class _QuietInjectedResets(logging.Filter):
         return not isinstance(exc, EmulatedConnectionReset)
 
 
+def _given(**settings: Any) -> dict[str, Any]:
+    """The settings whose option was given (not None), in order."""
+    return {name: value for name, value in settings.items() if value is not None}
+
+
 def _overrides(
     *,
     require_token: str | None,
@@ -52,33 +57,27 @@ def _overrides(
     resend_rate_limit: int | None,
     daily_quota: int | None,
 ) -> dict[str, Any]:
-    faults: dict[str, Any] = {}
-    for name, value in (
-        ("latency_ms", latency_ms),
-        ("error_rate", error_rate),
-        ("malformed_rate", malformed_rate),
-        ("reset_rate", reset_rate),
-    ):
-        if value is not None:
-            faults[name] = value
-    stream: dict[str, Any] = dict(faults)
-    resend: dict[str, Any] = dict(faults)
-    if require_token:
-        stream["require_token"] = require_token
-    if require_account:
-        stream["require_account"] = require_account
-    if require_resend_key:
-        resend["require_key"] = require_resend_key
-    if stream_rate_limit is not None:
-        stream["rate_limit_requests"] = stream_rate_limit
-    if stream_rate_window is not None:
-        stream["rate_limit_window_s"] = stream_rate_window
-    if stream_penalty is not None:
-        stream["rate_limit_penalty_s"] = stream_penalty
-    if resend_rate_limit is not None:
-        resend["rate_limit_requests"] = resend_rate_limit
-    if daily_quota is not None:
-        resend["daily_quota"] = daily_quota
+    faults = _given(
+        latency_ms=latency_ms,
+        error_rate=error_rate,
+        malformed_rate=malformed_rate,
+        reset_rate=reset_rate,
+    )
+    # An empty require-string requires nothing, as when the option is left out.
+    stream = _given(
+        **faults,
+        require_token=require_token or None,
+        require_account=require_account or None,
+        rate_limit_requests=stream_rate_limit,
+        rate_limit_window_s=stream_rate_window,
+        rate_limit_penalty_s=stream_penalty,
+    )
+    resend = _given(
+        **faults,
+        require_key=require_resend_key or None,
+        rate_limit_requests=resend_rate_limit,
+        daily_quota=daily_quota,
+    )
     overrides: dict[str, Any] = {}
     if stream:
         overrides["stream"] = stream
