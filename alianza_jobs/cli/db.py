@@ -57,6 +57,13 @@ def _rev(revision: str | None) -> str:
     return revision or "base (empty)"
 
 
+def _echo_migration(result: migrate.MigrationResult, url: str, verb: str) -> None:
+    if result.changed:
+        click.echo(f"{url}: {verb} {_rev(result.before)} -> {_rev(result.after)}")
+    else:
+        click.echo(f"{url}: already at {_rev(result.after)}, nothing to do")
+
+
 @click.group("db")
 def db_group() -> None:
     """Migrate and seed the application database (DATABASE_URL)."""
@@ -67,10 +74,7 @@ def db_group() -> None:
 def upgrade_command(revision: str) -> None:
     """Apply migrations up to REVISION (default: head). A no-op when already there."""
     result, url = _run(lambda engine: migrate.upgrade(engine, revision))
-    if result.changed:
-        click.echo(f"{url}: upgraded {_rev(result.before)} -> {_rev(result.after)}")
-    else:
-        click.echo(f"{url}: already at {_rev(result.after)}, nothing to do")
+    _echo_migration(result, url, "upgraded")
 
 
 @db_group.command("downgrade")
@@ -78,10 +82,7 @@ def upgrade_command(revision: str) -> None:
 def downgrade_command(revision: str) -> None:
     """Revert migrations down to REVISION ('base' drops every table). Destroys data."""
     result, url = _run(lambda engine: migrate.downgrade(engine, revision))
-    if result.changed:
-        click.echo(f"{url}: downgraded {_rev(result.before)} -> {_rev(result.after)}")
-    else:
-        click.echo(f"{url}: already at {_rev(result.after)}, nothing to do")
+    _echo_migration(result, url, "downgraded")
 
 
 @db_group.command("current")

@@ -36,6 +36,11 @@ class _QuietInjectedResets(logging.Filter):
         return not isinstance(exc, EmulatedConnectionReset)
 
 
+def _given(**settings: Any) -> dict[str, Any]:
+    """The settings whose option was given (not None), in order."""
+    return {name: value for name, value in settings.items() if value is not None}
+
+
 def _overrides(
     *,
     require_token: str | None,
@@ -52,33 +57,27 @@ def _overrides(
     resend_rate_limit: int | None,
     daily_quota: int | None,
 ) -> dict[str, Any]:
-    faults: dict[str, Any] = {}
-    for name, value in (
-        ("latency_ms", latency_ms),
-        ("error_rate", error_rate),
-        ("malformed_rate", malformed_rate),
-        ("reset_rate", reset_rate),
-    ):
-        if value is not None:
-            faults[name] = value
-    stream: dict[str, Any] = dict(faults)
-    resend: dict[str, Any] = dict(faults)
-    if require_token:
-        stream["require_token"] = require_token
-    if require_account:
-        stream["require_account"] = require_account
-    if require_resend_key:
-        resend["require_key"] = require_resend_key
-    if stream_rate_limit is not None:
-        stream["rate_limit_requests"] = stream_rate_limit
-    if stream_rate_window is not None:
-        stream["rate_limit_window_s"] = stream_rate_window
-    if stream_penalty is not None:
-        stream["rate_limit_penalty_s"] = stream_penalty
-    if resend_rate_limit is not None:
-        resend["rate_limit_requests"] = resend_rate_limit
-    if daily_quota is not None:
-        resend["daily_quota"] = daily_quota
+    faults = _given(
+        latency_ms=latency_ms,
+        error_rate=error_rate,
+        malformed_rate=malformed_rate,
+        reset_rate=reset_rate,
+    )
+    # An empty require-string requires nothing, as when the option is left out.
+    stream = _given(
+        **faults,
+        require_token=require_token or None,
+        require_account=require_account or None,
+        rate_limit_requests=stream_rate_limit,
+        rate_limit_window_s=stream_rate_window,
+        rate_limit_penalty_s=stream_penalty,
+    )
+    resend = _given(
+        **faults,
+        require_key=require_resend_key or None,
+        rate_limit_requests=resend_rate_limit,
+        daily_quota=daily_quota,
+    )
     overrides: dict[str, Any] = {}
     if stream:
         overrides["stream"] = stream
@@ -140,41 +139,16 @@ def emulate_command(
     port: int,
     host: str,
     state_dir: Path | None,
-    require_token: str | None,
-    require_account: str | None,
-    require_resend_key: str | None,
-    latency_ms: float | None,
-    error_rate: float | None,
-    malformed_rate: float | None,
-    reset_rate: float | None,
-    seed: int | None,
-    stream_rate_limit: int | None,
-    stream_rate_window: float | None,
-    stream_penalty: float | None,
-    resend_rate_limit: int | None,
-    daily_quota: int | None,
     seed_videos: int,
     log_level: str,
+    **settings: Any,
 ) -> None:
     """Serve the Cloudflare Stream and Resend emulators (Stream under /client/v4, Resend at /)."""
     import uvicorn
 
     directory = (state_dir or default_emulator_state_dir()).resolve()
-    overrides = _overrides(
-        require_token=require_token,
-        require_account=require_account,
-        require_resend_key=require_resend_key,
-        latency_ms=latency_ms,
-        error_rate=error_rate,
-        malformed_rate=malformed_rate,
-        reset_rate=reset_rate,
-        seed=seed,
-        stream_rate_limit=stream_rate_limit,
-        stream_rate_window=stream_rate_window,
-        stream_penalty=stream_penalty,
-        resend_rate_limit=resend_rate_limit,
-        daily_quota=daily_quota,
-    )
+    # `settings`: the fault, auth and rate-limit options, under the names `_overrides` takes.
+    overrides = _overrides(**settings)
     try:
         app = combined_app(directory, overrides=overrides)
     except ValueError as exc:
@@ -183,7 +157,7 @@ def emulate_command(
         videos = StreamEmulator(directory)
         present = videos.count()
         if seed_videos > present:
-            videos.seed(seed_videos - present, seed=seed or 0, first_index=present)
+            videos.seed(seed_videos - present, seed=settings["seed"] or 0, first_index=present)
 
     if host not in _LOOPBACK:
         click.echo(

@@ -9,7 +9,7 @@ helpers, which the domains import from here; docs/clients.md has the design.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -37,6 +37,7 @@ from alianza_jobs.clients.ratelimit import (
 from alianza_jobs.clients.timing import Timing, parse_retry_after
 from alianza_jobs.logs import get_logger
 from alianza_jobs.redaction import secret_values
+from alianza_jobs.settings import MIN_SECRET_LEN
 
 if TYPE_CHECKING:
     from alianza_jobs.clients.breaker import CircuitBreaker
@@ -54,6 +55,7 @@ __all__ = [
     "RateLimiter",
     "RetrySettings",
     "RetryableApiError",
+    "ServiceClient",
     "SlidingWindowLimiter",
     "Timing",
     "body_snippet",
@@ -67,7 +69,6 @@ __all__ = [
 T = TypeVar("T")
 
 USER_AGENT = "alianza-jobs/0.1 (+httpx)"
-_MIN_SECRET_LEN = 6
 
 
 @dataclass(frozen=True)
@@ -142,8 +143,8 @@ class ApiCaller:
 
     def __post_init__(self) -> None:
         self._semaphore = asyncio.Semaphore(max(1, self.max_concurrency))
-        # As in core.redaction: a value this short would mask ordinary words, and is no real key.
-        self._secrets = [s for s in self.secrets if len(s) >= _MIN_SECRET_LEN]
+        # As in redaction: a value this short would mask ordinary words, and is no real key.
+        self._secrets = [s for s in self.secrets if len(s) >= MIN_SECRET_LEN]
 
     async def request(
         self,
@@ -164,7 +165,12 @@ class ApiCaller:
         # While half-open exactly one request decides, so the probe gets no retries.
         attempts = 1 if probe else self.retry.max_attempts
         try:
-            result = await self._attempts(method, path, attempts, parse, params, body, headers)
+            result = await self._attempts(
+                method,
+                path,
+                attempts,
+                lambda: self._attempt(method, path, parse, params, body, headers),
+            )
         except ClientRateLimitedError:
             # Nothing was sent, so nothing was learnt about the service.
             if breaker is not None and probe:
@@ -205,16 +211,14 @@ class ApiCaller:
         method: str,
         path: str,
         attempts: int,
-        parse: Callable[[httpx.Response], T],
-        params: Mapping[str, str] | None,
-        body: Any,
-        headers: Mapping[str, str] | None,
+        attempt_once: Callable[[], Awaitable[T | ApiError]],
     ) -> T:
+        """Up to ``attempts`` tries of ``attempt_once`` (``method`` and ``path`` name it in logs)."""
         log = get_logger(service=self.service)
         attempt = 0
         while True:
             attempt += 1
-            error = await self._attempt(method, path, parse, params, body, headers)
+            error = await attempt_once()
             if not isinstance(error, ApiError):
                 return error
             error = error.redacted([*self._secrets, *secret_values()])
@@ -311,3 +315,24 @@ class ApiCaller:
         if response.status_code == 429 and error.retry_after:
             self.limiter.pause_for(error.retry_after)
         return error
+
+
+class ServiceClient:
+    """What the Stream and Resend clients of one run share: their caller's counters and the state
+    of their breaker, which the tasks report."""
+
+    def __init__(self, caller: ApiCaller, breaker: CircuitBreaker) -> None:
+        self._caller = caller
+        self._breaker = breaker
+
+    @property
+    def calls(self) -> int:
+        """HTTP requests made (retries included)."""
+        return self._caller.calls
+
+    @property
+    def retries(self) -> int:
+        return self._caller.retries
+
+    def breaker_snapshot(self) -> dict[str, Any]:
+        return self._breaker.snapshot()

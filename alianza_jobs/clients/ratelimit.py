@@ -38,7 +38,28 @@ class RateLimiter(Protocol):
         """The server said stop (429 + Retry-After): send nothing for ``seconds``."""
 
 
-class SlidingWindowLimiter:
+class _PacedLimiter:
+    """What both limiters keep: a lock waiters queue behind, the server's pause, and the time
+    they waited."""
+
+    def __init__(self, timing: Timing | None) -> None:
+        self._timing = timing or Timing()
+        self._lock = asyncio.Lock()
+        self._blocked_until = 0.0
+        self.waited_s = 0.0
+
+    async def _sleep(self, wait: float, max_wait: float | None) -> None:
+        """Sleep ``wait`` seconds, or raise LimiterWaitTooLong when that is over ``max_wait``."""
+        if max_wait is not None and wait > max_wait:
+            raise LimiterWaitTooLong(wait)
+        self.waited_s += wait
+        await self._timing.sleep(wait)
+
+    def pause_for(self, seconds: float) -> None:
+        self._blocked_until = max(self._blocked_until, self._timing.monotonic() + seconds)
+
+
+class SlidingWindowLimiter(_PacedLimiter):
     """At most ``limit`` requests in any ``window_s`` (Cloudflare: 1,200 per 5 minutes per token).
 
     A sliding window over our own send times; waiters queue behind a lock (docs/clients.md).
@@ -47,13 +68,10 @@ class SlidingWindowLimiter:
     def __init__(self, limit: int, window_s: float, timing: Timing | None = None) -> None:
         if limit < 1 or window_s <= 0:
             raise ValueError("a rate limit needs limit >= 1 and window_s > 0")
+        super().__init__(timing)
         self.limit = limit
         self.window_s = window_s
-        self._timing = timing or Timing()
         self._sent: collections.deque[float] = collections.deque()
-        self._blocked_until = 0.0
-        self._lock = asyncio.Lock()
-        self.waited_s = 0.0
 
     async def acquire(self, max_wait: float | None = None) -> None:
         async with self._lock:
@@ -67,20 +85,14 @@ class SlidingWindowLimiter:
                     wait = max(wait, self._sent[0] + self.window_s - now)
                 if wait <= 0:
                     break
-                if max_wait is not None and wait > max_wait:
-                    raise LimiterWaitTooLong(wait)
-                self.waited_s += wait
-                await self._timing.sleep(wait)
+                await self._sleep(wait, max_wait)
             self._sent.append(now)
 
     def observe(self, response: httpx.Response | None) -> None:
         return None
 
-    def pause_for(self, seconds: float) -> None:
-        self._blocked_until = max(self._blocked_until, self._timing.monotonic() + seconds)
 
-
-class HeaderRateLimiter:
+class HeaderRateLimiter(_PacedLimiter):
     """Paces requests by Resend's rate limit, learnt from its ``ratelimit-*`` headers.
 
     Counts ours in flight and answered within the last window; holds back what ``remaining`` says
@@ -91,8 +103,7 @@ class HeaderRateLimiter:
     MARGIN_S = 0.02
 
     def __init__(self, timing: Timing | None = None) -> None:
-        self._timing = timing or Timing()
-        self._lock = asyncio.Lock()
+        super().__init__(timing)
         self._answer = asyncio.Event()
         self._in_flight = 0
         # Answer times within the last window, oldest first (monotonic, so appended in order).
@@ -100,9 +111,7 @@ class HeaderRateLimiter:
         # Slots of the server's window that others hold, per the last answer, until `reset`.
         self._held_by_others = 0
         self._reset_at: float | None = None
-        self._blocked_until = 0.0
         self.limit: int | None = None
-        self.waited_s = 0.0
 
     async def acquire(self, max_wait: float | None = None) -> None:
         async with self._lock:
@@ -116,10 +125,7 @@ class HeaderRateLimiter:
                 wait = max(wait, self._blocked_until - now)
                 if wait <= 0:
                     break
-                if max_wait is not None and wait > max_wait:
-                    raise LimiterWaitTooLong(wait)
-                self.waited_s += wait
-                await self._timing.sleep(wait)
+                await self._sleep(wait, max_wait)
             self._in_flight += 1
 
     def _free(self, now: float) -> int:
@@ -172,9 +178,6 @@ class HeaderRateLimiter:
         # What the server has left below what our own log leaves: others' requests.
         self._held_by_others = max(0, self._free(now) - remaining)
         self._reset_at = now + reset if self._held_by_others else None
-
-    def pause_for(self, seconds: float) -> None:
-        self._blocked_until = max(self._blocked_until, self._timing.monotonic() + seconds)
 
 
 def _int_header(headers: httpx.Headers, name: str) -> int | None:

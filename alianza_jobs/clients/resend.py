@@ -18,13 +18,12 @@ from typing import Any
 
 import httpx
 
-from alianza_jobs.clients.breaker import CircuitBreaker
 from alianza_jobs.clients.http import (
-    ApiCaller,
     ApiError,
     FatalApiError,
     PermanentApiError,
     RetryableApiError,
+    ServiceClient,
     body_snippet,
     json_body,
     malformed,
@@ -166,24 +165,8 @@ def _batch_parser(size: int) -> Callable[[httpx.Response], list[BatchItemResult]
 # -- client -----------------------------------------------------------------------------------------
 
 
-class ResendClient:
+class ResendClient(ServiceClient):
     """Sends through Resend for one run. Get it from :meth:`ResendEmail.client`."""
-
-    def __init__(self, caller: ApiCaller, breaker: CircuitBreaker) -> None:
-        self._caller = caller
-        self._breaker = breaker
-
-    @property
-    def calls(self) -> int:
-        """HTTP requests made (retries included)."""
-        return self._caller.calls
-
-    @property
-    def retries(self) -> int:
-        return self._caller.retries
-
-    def breaker_snapshot(self) -> dict[str, Any]:
-        return self._breaker.snapshot()
 
     async def send(self, email: OutgoingEmail, *, idempotency_key: str | None = None) -> str:
         """Send one email; returns Resend's id. The key defaults to one derived from the email."""

@@ -24,6 +24,7 @@ from alianza_jobs.clients.http import (
     FatalApiError,
     PermanentApiError,
     RetryableApiError,
+    ServiceClient,
     body_snippet,
     json_body,
     malformed,
@@ -245,25 +246,12 @@ def _parse_list(response: httpx.Response) -> list[StreamVideo]:
 # -- client -----------------------------------------------------------------------------------------
 
 
-class StreamClient:
+class StreamClient(ServiceClient):
     """Calls Stream for one run. Get it from :meth:`CloudflareStream.client`."""
 
     def __init__(self, caller: ApiCaller, account_id: str, breaker: CircuitBreaker) -> None:
-        self._caller = caller
+        super().__init__(caller, breaker)
         self._account = quote(account_id, safe="")
-        self._breaker = breaker
-
-    @property
-    def calls(self) -> int:
-        """HTTP requests made (retries included)."""
-        return self._caller.calls
-
-    @property
-    def retries(self) -> int:
-        return self._caller.retries
-
-    def breaker_snapshot(self) -> dict[str, Any]:
-        return self._breaker.snapshot()
 
     async def get_video(self, uid: str) -> StreamVideo:
         """The video; PermanentApiError ``not_found`` for an unknown uid, ``malformed_item`` for

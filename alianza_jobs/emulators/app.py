@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from alianza_jobs.emulators.admin import AdminRoutes
 from alianza_jobs.emulators.constants import ADMIN_PREFIX, STREAM_PREFIX
@@ -27,6 +27,18 @@ def _store(
     if overrides:
         store.set_overrides(overrides)
     return store
+
+
+def _admin_mount(store: StateStore) -> Mount:
+    return Mount(ADMIN_PREFIX, routes=list(AdminRoutes(store).routes()))
+
+
+def _resend_routes(resend: ResendService) -> list[BaseRoute]:
+    """Resend's routes, then its 404 for every other path."""
+    return [
+        *resend.routes(),
+        Route("/{path:path}", resend.not_found, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+    ]
 
 
 def combined_app(
@@ -47,13 +59,8 @@ def combined_app(
     return Starlette(
         routes=[
             Mount(STREAM_PREFIX, routes=list(stream.routes())),
-            Mount(ADMIN_PREFIX, routes=list(AdminRoutes(store).routes())),
-            *resend.routes(),
-            Route(
-                "/{path:path}",
-                resend.not_found,
-                methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-            ),
+            _admin_mount(store),
+            *_resend_routes(resend),
         ]
     )
 
@@ -67,9 +74,7 @@ def stream_app(
     """Stream alone, at the root (base URL = the app's root) plus the admin routes."""
     store = _store(state_dir, clock, overrides)
     stream = StreamService(store)
-    return Starlette(
-        routes=[Mount(ADMIN_PREFIX, routes=list(AdminRoutes(store).routes())), *stream.routes()]
-    )
+    return Starlette(routes=[_admin_mount(store), *stream.routes()])
 
 
 def resend_app(
@@ -81,12 +86,4 @@ def resend_app(
     """Resend alone, at the root, plus the admin routes."""
     store = _store(state_dir, clock, overrides)
     resend = ResendService(store)
-    return Starlette(
-        routes=[
-            Mount(ADMIN_PREFIX, routes=list(AdminRoutes(store).routes())),
-            *resend.routes(),
-            Route(
-                "/{path:path}", resend.not_found, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]
-            ),
-        ]
-    )
+    return Starlette(routes=[_admin_mount(store), *_resend_routes(resend)])

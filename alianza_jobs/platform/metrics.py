@@ -80,30 +80,21 @@ def _extra_gauges(
 ) -> None:
     from prometheus_client import Gauge
 
+    def gauge(name: str, documentation: str, label: str) -> Gauge:
+        """A gauge labelled like the task's own, plus ``label``."""
+        return Gauge(name, documentation, [*labels, label], registry=registry)
+
     checks = metadata.get("health_checks")
     if isinstance(checks, Mapping):
-        up = Gauge(
-            "alianza_health_check_up",
-            "1 if the check passed",
-            [*labels, "check"],
-            registry=registry,
-        )
-        latency = Gauge(
-            "alianza_health_check_latency_seconds",
-            "Latency of the check",
-            [*labels, "check"],
-            registry=registry,
-        )
+        up = gauge("alianza_health_check_up", "1 if the check passed", "check")
+        latency = gauge("alianza_health_check_latency_seconds", "Latency of the check", "check")
         for name, result in checks.items():
             up.labels(**labels, check=name).set(1 if result.get("ok") else 0)
             latency.labels(**labels, check=name).set(float(result.get("latency_ms", 0)) / 1000)
     breakers = metadata.get("circuit_breakers")
     if isinstance(breakers, Mapping):
-        state = Gauge(
-            "alianza_circuit_breaker_open",
-            "1 while the service's breaker is open",
-            [*labels, "service"],
-            registry=registry,
+        state = gauge(
+            "alianza_circuit_breaker_open", "1 while the service's breaker is open", "service"
         )
         for service, is_open in breakers.items():
             state.labels(**labels, service=service).set(1 if is_open else 0)
