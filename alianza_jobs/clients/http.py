@@ -220,6 +220,10 @@ class ApiCaller:
             attempt += 1
             error = await attempt_once()
             if not isinstance(error, ApiError):
+                # One line per call at LOG_LEVEL=debug: what was asked, and after how many tries.
+                log.debug(
+                    f"{self.service} call answered", method=method, path=path, attempt=attempt
+                )
                 return error
             error = error.redacted([*self._secrets, *secret_values()])
             if isinstance(error, ClientRateLimitedError):

@@ -613,3 +613,22 @@ async def test_resource_sets_explicit_timeouts() -> None:
         assert http.timeout.connect == 2.5
         assert http.timeout.read == 11.0
         assert str(http.base_url) == BASE + "/"
+
+
+async def test_each_answered_call_is_one_debug_line_at_log_level_debug(
+    api: respx.MockRouter,
+    client: StreamClient,
+    logs: LogCapture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    api.get(VIDEO_PATH).mock(
+        side_effect=[httpx.ReadTimeout("slow"), httpx.Response(200, json=envelope(video_json()))]
+    )
+    await client.get_video("vid1")
+    assert "call answered" not in logs.text()  # info, the default, leaves it out
+    monkeypatch.setenv("LOG_LEVEL", "debug")
+    api.get(VIDEO_PATH).mock(return_value=httpx.Response(200, json=envelope(video_json())))
+    await client.get_video("vid1")
+    [line] = [line for line in logs.lines if "call answered" in line]
+    assert line.startswith("DEBUG cloudflare_stream call answered")
+    assert '"method": "GET"' in line and '"attempt": 1' in line
