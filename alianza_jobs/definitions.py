@@ -16,7 +16,7 @@ from alianza_jobs.defs.health import definitions as health
 from alianza_jobs.defs.reports import definitions as reports
 from alianza_jobs.defs.sessions import definitions as sessions
 from alianza_jobs.defs.videos import definitions as videos
-from alianza_jobs.platform.task import check_cron_overrides
+from alianza_jobs.platform.schedules import check_cron_overrides
 from alianza_jobs.resources import build_resources
 from alianza_jobs.settings import Settings, load_settings
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from dagster import DefaultScheduleStatus, DefaultSensorStatus, Definitions
 
-from alianza_jobs.platform.task import MAX_RUNTIME_TAG, TAG_TIMEOUT
+from alianza_jobs.platform.tags import MAX_RUNTIME_TAG, TAG_TIMEOUT
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -29,7 +29,7 @@ from dagster import (
 
 from alianza_jobs.platform.instance import get_instance
 from alianza_jobs.platform.results import JobResult, Summary, job_result
-from alianza_jobs.platform.task import (
+from alianza_jobs.platform.tags import (
     MAX_RUNTIME_TAG,
     TAG_CRON,
     TAG_RETRIES,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dagster import AssetSpec
 
-from alianza_jobs.platform.task import OWNER
+from alianza_jobs.platform.tags import OWNER
 
 TABLE_GROUP = "app_tables"
 SERVICE_GROUP = "services"

@@ -1,9 +1,7 @@
-"""One declaration per task: its cron, timeout, retries and handler, in one place.
-
-A :class:`TaskSpec` holds a task's registration (cron, timeout, retries) and turns a plain
-``async def`` into Dagster's own pieces: the op or asset (``RetryPolicy``, an enforced timeout,
-bound logging, metrics), its job and its schedule. What each piece does and why Dagster needs the
-timeout from us: docs/platform.md, "alianza_jobs.platform.task".
+"""One declaration per task: a :class:`TaskSpec` holds a task's registration (cron, timeout,
+retries) and turns a plain ``async def`` into the op or asset (``RetryPolicy``, an enforced timeout,
+redacted errors, a closing line per attempt), its job and its schedule; docs/platform.md,
+"alianza_jobs.platform.task", says what each piece does and why Dagster needs the timeout from us.
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar
 
 from dagster import (
@@ -24,8 +22,6 @@ from dagster import (
     AssetExecutionContext,
     AssetMaterialization,
     Backoff,
-    DagsterRunStatus,
-    DefaultScheduleStatus,
     Jitter,
     JobDefinition,
     MaterializeResult,
@@ -35,50 +31,31 @@ from dagster import (
     Out,
     Output,
     RetryPolicy,
-    RunRequest,
-    RunsFilter,
     ScheduleDefinition,
-    ScheduleEvaluationContext,
-    SkipReason,
-    TimeWindowPartitionsDefinition,
     asset,
     define_asset_job,
     in_process_executor,
     job,
     multi_asset_check,
     op,
-    schedule,
 )
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
-from dagster._core.errors import DagsterInvalidPropertyError
 from dagster._utils.schedules import is_valid_cron_string
 
-from alianza_jobs.logs import TaskLogger, bound_logger
+from alianza_jobs.logs import bound_logger
 from alianza_jobs.platform import metrics
+from alianza_jobs.platform.attempts import attempt_of, counter_fields, run_logger
+from alianza_jobs.platform.schedules import cron_for, task_schedule
+from alianza_jobs.platform.tags import MAX_RUNTIME_TAG, OWNER, TAG_JOB, TAG_RETRIES, TAG_TIMEOUT
 from alianza_jobs.redaction import redact, secret_values
-from alianza_jobs.settings import CRON_OVERRIDE_PREFIX, Settings, SettingsError
+from alianza_jobs.settings import Settings
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-OWNER = "team:platform"
-TAG_JOB = "alianza/job"
-TAG_CRON = "alianza/cron"
-TAG_SCHEDULED_TIME = "alianza/scheduled_time"
-TAG_TRIGGER = "alianza/trigger"
-TAG_TIMEOUT = "alianza/timeout_seconds"
-TAG_RETRIES = "alianza/retry_policy"
-MAX_RUNTIME_TAG = "dagster/max_runtime"
 # Run monitoring measures from run start: process start-up and resource set-up come on top of the
 # op's own attempts. A minute covers a cold start on a loaded machine.
 RUN_STARTUP_GRACE = timedelta(seconds=60)
-IN_PROGRESS_STATUSES = (
-    DagsterRunStatus.QUEUED,
-    DagsterRunStatus.NOT_STARTED,
-    DagsterRunStatus.STARTING,
-    DagsterRunStatus.STARTED,
-    DagsterRunStatus.CANCELING,
-)
 
 
 class TaskTimeoutError(Exception):
@@ -218,13 +195,7 @@ class TaskSpec:
 
     def cron_for(self, settings: Settings) -> str | None:
         """The cron for this environment: an ``ALIANZA_CRON_<JOB>`` override, else the env's, else ours."""
-        override = cron_override(settings, self.name)
-        if override is not None:
-            if self.cron is None:
-                variable = f"{CRON_OVERRIDE_PREFIX}{self.name.upper()}"
-                raise SettingsError(f"{variable}={override!r}: {self.name} is manual-only")
-            return override
-        return self.env_crons.get(settings.env.value, self.cron)
+        return cron_for(self, settings)
 
     # -- the Dagster definitions ------------------------------------------------------------------
 
@@ -304,43 +275,7 @@ class TaskSpec:
     def schedule(
         self, target: JobDefinition | UnresolvedAssetJobDefinition, settings: Settings
     ) -> ScheduleDefinition:
-        cron = self.cron_for(settings)
-        if cron is None:
-            raise ValueError(f"{self.name} is manual-only: it has no schedule")
-        partitions_def = target.partitions_def
-        job_name = self.name
-
-        @schedule(
-            name=f"{self.name}_schedule",
-            cron_schedule=cron,
-            job=target,
-            execution_timezone="UTC",
-            default_status=DefaultScheduleStatus.RUNNING,
-            description=f"Runs {self.name} on `{cron}` (UTC). Skips a tick while a run is active.",
-            tags={TAG_CRON: cron, TAG_TRIGGER: "schedule", "owner": self.owner},
-        )
-        def _schedule(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
-            blocking = context.instance.get_runs(
-                filters=RunsFilter(job_name=job_name, statuses=list(IN_PROGRESS_STATUSES)),
-                limit=1,
-            )
-            if blocking:
-                run = blocking[0]
-                return SkipReason(
-                    f"run {run.run_id} of {job_name} is still {run.status.value.lower()}; "
-                    "skipping this tick rather than running alongside it"
-                )
-            scheduled = context.scheduled_execution_time
-            tags = {TAG_CRON: cron}
-            if scheduled:
-                tags[TAG_SCHEDULED_TIME] = scheduled.isoformat()
-            partition_key = None
-            if isinstance(partitions_def, TimeWindowPartitionsDefinition) and scheduled:
-                # A 02:00 report covers the last *complete* day, i.e. yesterday.
-                partition_key = last_complete_partition(partitions_def, scheduled)
-            return RunRequest(tags=tags, partition_key=partition_key)
-
-        return _schedule
+        return task_schedule(self, target, settings)
 
     # -- the wrapper: timeout, logging, metrics, redaction ------------------------------------------
 
@@ -399,7 +334,7 @@ class TaskSpec:
                         failureCount=int(outcome != "success"),
                         outcome=outcome,
                         error=error,
-                        **_counter_fields(report),
+                        **counter_fields(report),
                     )
             if isinstance(result, TaskReport):
                 return spec._to_dagster_result(context, result, duration_ms, attempt)
@@ -457,66 +392,6 @@ class TaskSpec:
         return Output(None, metadata=base)
 
 
-def run_logger(context: OpExecutionContext | AssetExecutionContext, task: str) -> TaskLogger:
-    """The logger for this run: run id (the execution id), job, cron, scheduled time."""
-    fields: dict[str, Any] = {"task": task}
-    try:
-        run = context.run
-        fields |= {"run_id": run.run_id, "job": run.job_name}
-        tags = run.tags
-    except DagsterInvalidPropertyError:
-        # Invoked directly (build_op_context): there is no run to describe.
-        tags = {}
-    for tag, name in ((TAG_CRON, "cron"), (TAG_SCHEDULED_TIME, "scheduled_time")):
-        if tag in tags:
-            fields[name] = tags[tag]
-    if context.has_partition_key:
-        fields["partition"] = context.partition_key
-    return TaskLogger(fields, dagster_log=context.log)
-
-
-def last_complete_partition(
-    partitions_def: TimeWindowPartitionsDefinition, at: datetime
-) -> str | None:
-    """The newest partition whose window has ended by ``at`` (the one before ``at``'s own window)."""
-    current = partitions_def.time_window_for_partition_key(
-        partitions_def.get_partition_key_for_timestamp(at.timestamp())
-    )
-    previous = partitions_def.get_prev_partition_window(current.start)
-    if previous is None:
-        return None
-    return partitions_def.get_partition_key_for_timestamp(previous.start.timestamp())
-
-
-_SUMMARY_FIELDS = frozenset(
-    {
-        "level",
-        "msg",
-        "totalDuration",
-        "totalJobs",
-        "successCount",
-        "failureCount",
-        "outcome",
-        "error",
-    }
-)
-
-
-def _counter_fields(report: TaskReport | None) -> dict[str, int]:
-    """A task's counters for the summary line; one named like a summary field gets a prefix."""
-    if report is None:
-        return {}
-    return {(f"count_{k}" if k in _SUMMARY_FIELDS else k): v for k, v in report.counts.items()}
-
-
-def attempt_of(context: OpExecutionContext | AssetExecutionContext) -> int:
-    """1 for the first try, 2 for the first retry; 1 when invoked directly (no step, no retries)."""
-    try:
-        return context.retry_number + 1
-    except AttributeError:
-        return 1
-
-
 def _redacted(exc: Exception) -> Exception:
     """The exception itself, unless its message (or a chained one's) would leak a secret."""
     secrets = secret_values()
@@ -533,24 +408,3 @@ def _redacted(exc: Exception) -> Exception:
 def _seconds(value: timedelta) -> str:
     seconds = value.total_seconds()
     return str(int(seconds)) if seconds == int(seconds) else f"{seconds:g}"
-
-
-def check_cron_overrides(settings: Settings, job_names: Sequence[str]) -> None:
-    """An ``ALIANZA_CRON_<JOB>`` naming no job is a typo that would silently change nothing."""
-    known = set(job_names)
-    for name, value in settings.cron_overrides.items():
-        if name not in known:
-            raise SettingsError(
-                f"{CRON_OVERRIDE_PREFIX}{name.upper()}={value!r} names no job "
-                f"(jobs: {', '.join(sorted(known))})"
-            )
-        cron_override(settings, name)
-
-
-def cron_override(settings: Settings, job_name: str) -> str | None:
-    """The job's ``ALIANZA_CRON_<JOB>`` value, if set; an invalid cron is a one-line error."""
-    override = settings.cron_overrides.get(job_name)
-    if override is not None and not is_valid_cron_string(override):
-        variable = f"{CRON_OVERRIDE_PREFIX}{job_name.upper()}"
-        raise SettingsError(f"{variable}={override!r} is not a valid cron expression")
-    return override

@@ -18,7 +18,7 @@ from dagster._core.remote_origin import (
 )
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
-from alianza_jobs.platform.task import TAG_CRON, TAG_SCHEDULED_TIME
+from alianza_jobs.platform.tags import TAG_CRON, TAG_SCHEDULED_TIME
 from alianza_jobs.settings import load_settings
 from alianza_jobs_tests.platform import defs
 

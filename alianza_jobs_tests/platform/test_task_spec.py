@@ -7,14 +7,9 @@ from datetime import timedelta
 import pytest
 from dagster import Backoff, DefaultScheduleStatus, Jitter, OpExecutionContext
 
-from alianza_jobs.platform.task import (
-    MAX_RUNTIME_TAG,
-    TAG_TIMEOUT,
-    Retry,
-    TaskReport,
-    TaskSpec,
-    check_cron_overrides,
-)
+from alianza_jobs.platform.schedules import check_cron_overrides
+from alianza_jobs.platform.tags import MAX_RUNTIME_TAG, TAG_TIMEOUT
+from alianza_jobs.platform.task import Retry, TaskReport, TaskSpec
 from alianza_jobs.settings import SettingsError, load_settings
 
 EMAIL_LIKE = TaskSpec(

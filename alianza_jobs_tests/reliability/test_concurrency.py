@@ -22,7 +22,7 @@ from dagster import (
     build_schedule_context,
 )
 
-from alianza_jobs.platform.task import TAG_CRON, TAG_TRIGGER
+from alianza_jobs.platform.tags import TAG_CRON, TAG_TRIGGER
 from alianza_jobs_tests.reliability.conftest import Outcomes
 from alianza_jobs_tests.reliability.harness import (
     CRASHSITE,

@@ -26,7 +26,7 @@ from alianza_jobs.defs.health.assets import SERVICES
 from alianza_jobs.defs.health.health_check import HealthCheckConfig, check_services
 from alianza_jobs.emulators import ResendEmulator, StreamEmulator
 from alianza_jobs.platform import metrics
-from alianza_jobs.platform.task import MAX_RUNTIME_TAG, TAG_JOB
+from alianza_jobs.platform.tags import MAX_RUNTIME_TAG, TAG_JOB
 from alianza_jobs.resources import (
     CloudflareStream,
     Database,

@@ -39,7 +39,7 @@ from alianza_jobs.defs.reports.report_store import store_report
 from alianza_jobs.defs.sessions import cleanup_expired_sessions as cleanup
 from alianza_jobs.defs.sessions.assets import USER_SESSIONS
 from alianza_jobs.defs.videos.assets import STREAM_VIDEOS, STREAMINGS
-from alianza_jobs.platform.task import MAX_RUNTIME_TAG, TAG_CRON, TAG_JOB
+from alianza_jobs.platform.tags import MAX_RUNTIME_TAG, TAG_CRON, TAG_JOB
 from alianza_jobs.resources import AppConfig, Database, ReportStorage
 from alianza_jobs.settings import load_settings
 from alianza_jobs_tests.db.helpers import migrated_engine

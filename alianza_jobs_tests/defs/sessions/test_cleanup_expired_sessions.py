@@ -27,7 +27,7 @@ from alianza_jobs.defs.sessions.cleanup_expired_sessions import (
     CleanupConfig,
     delete_expired_sessions,
 )
-from alianza_jobs.platform.task import TAG_JOB
+from alianza_jobs.platform.tags import TAG_JOB
 from alianza_jobs.resources import Database
 from alianza_jobs_tests.db.helpers import migrated_engine
 

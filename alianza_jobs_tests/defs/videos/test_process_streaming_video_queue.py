@@ -34,7 +34,7 @@ from alianza_jobs.defs.videos.process_streaming_video_queue import (
 )
 from alianza_jobs.defs.videos.reconcile import LeasedRow, Verdict, plan_write, verdict_for
 from alianza_jobs.emulators import VideoSpec
-from alianza_jobs.platform.task import TAG_JOB
+from alianza_jobs.platform.tags import TAG_JOB
 from alianza_jobs.resources import CloudflareStream, Database
 from alianza_jobs.settings import load_settings
 from alianza_jobs_tests.db.helpers import migrated_engine, poll

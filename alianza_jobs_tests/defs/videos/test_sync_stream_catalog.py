@@ -27,7 +27,7 @@ from alianza_jobs.defs.videos.catalog_mirror import MIRRORED, mirror_values
 from alianza_jobs.defs.videos.catalog_watermark import read_watermark
 from alianza_jobs.defs.videos.sync_stream_catalog import CatalogSyncConfig, mirror_stream_catalog
 from alianza_jobs.emulators import VideoSpec
-from alianza_jobs.platform.task import TAG_JOB
+from alianza_jobs.platform.tags import TAG_JOB
 from alianza_jobs.resources import CloudflareStream, Database
 from alianza_jobs.settings import load_settings
 from alianza_jobs_tests.conftest import REPO
