@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     from alianza_jobs.emulators.control import EmulatorControl
     from alianza_jobs.emulators.resend import DeliveredEmail, ResendEmulator
     from alianza_jobs.emulators.state import Counter
-    from alianza_jobs.emulators.stream import StreamEmulator, VideoSpec
+    from alianza_jobs.emulators.stream import StreamEmulator
+    from alianza_jobs.emulators.stream_videos import VideoSpec
 
 _LAZY = {
     "combined_app": "app",
@@ -45,7 +46,7 @@ _LAZY = {
     "ResendEmulator": "resend",
     "Counter": "state",
     "StreamEmulator": "stream",
-    "VideoSpec": "stream",
+    "VideoSpec": "stream_videos",
 }
 
 

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from alianza_jobs.emulators import resend, stream
+from alianza_jobs.emulators import resend, stream_videos
 from alianza_jobs.emulators.config import public_view
 from alianza_jobs.emulators.pipeline import json_response
 from alianza_jobs.emulators.state import StateStore
@@ -91,7 +91,10 @@ class AdminRoutes:
                 return _bad_request("if_exists must be replace or keep")
             keep = if_exists == "keep"
             uids = await self.store.call(
-                stream.add_videos, self.store, videos, if_exists="keep" if keep else "replace"
+                stream_videos.add_videos,
+                self.store,
+                videos,
+                if_exists="keep" if keep else "replace",
             )
         except (ValueError, TypeError) as exc:
             return _bad_request(str(exc))
@@ -106,18 +109,22 @@ class AdminRoutes:
         except (ValueError, KeyError, TypeError):
             return _bad_request('expected {"count": N, "seed": S, "spacing_s": X}')
         uids = await self.store.call(
-            lambda: stream.seed_videos(self.store, count, seed=seed, spacing_s=spacing)
+            lambda: stream_videos.seed_videos(self.store, count, seed=seed, spacing_s=spacing)
         )
         return json_response({"count": len(uids), "first": uids[:1], "last": uids[-1:]})
 
     async def describe_video(self, request: Request) -> Response:
-        record = await self.store.call(stream.describe, self.store, request.path_params["uid"])
+        record = await self.store.call(
+            stream_videos.describe, self.store, request.path_params["uid"]
+        )
         if record is None:
             return json_response({"error": "unknown video"}, 404)
         return json_response(record)
 
     async def delete_video(self, request: Request) -> Response:
-        deleted = await self.store.call(stream.delete_video, self.store, request.path_params["uid"])
+        deleted = await self.store.call(
+            stream_videos.delete_video, self.store, request.path_params["uid"]
+        )
         return json_response({"deleted": deleted})
 
     async def inbox(self, request: Request) -> Response:
