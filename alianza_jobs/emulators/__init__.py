@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from alianza_jobs.emulators.app import combined_app, resend_app, stream_app
     from alianza_jobs.emulators.config import EmulatorConfig, ResendSettings, StreamSettings
     from alianza_jobs.emulators.control import EmulatorControl
-    from alianza_jobs.emulators.resend import DeliveredEmail, ResendEmulator
+    from alianza_jobs.emulators.resend import ResendEmulator
+    from alianza_jobs.emulators.resend_store import DeliveredEmail
     from alianza_jobs.emulators.state import Counter
     from alianza_jobs.emulators.stream import StreamEmulator
     from alianza_jobs.emulators.stream_videos import VideoSpec
@@ -42,7 +43,7 @@ _LAZY = {
     "ResendSettings": "config",
     "StreamSettings": "config",
     "EmulatorControl": "control",
-    "DeliveredEmail": "resend",
+    "DeliveredEmail": "resend_store",
     "ResendEmulator": "resend",
     "Counter": "state",
     "StreamEmulator": "stream",

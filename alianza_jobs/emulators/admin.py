@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from alianza_jobs.emulators import resend, stream_videos
+from alianza_jobs.emulators import resend, resend_store, stream_videos
 from alianza_jobs.emulators.config import public_view
 from alianza_jobs.emulators.pipeline import json_response
 from alianza_jobs.emulators.state import StateStore
@@ -132,9 +132,9 @@ class AdminRoutes:
 
         def collect() -> dict[str, Any]:
             return {
-                "emails": [e.to_json() for e in resend.inbox(self.store, to=to)],
-                "counts_by_idempotency_key": resend.counts_by_idempotency_key(self.store),
-                "counts_by_message": resend.counts_by_message(self.store),
+                "emails": [e.to_json() for e in resend_store.inbox(self.store, to=to)],
+                "counts_by_idempotency_key": resend_store.counts_by_idempotency_key(self.store),
+                "counts_by_message": resend_store.counts_by_message(self.store),
             }
 
         return json_response(await self.store.call(collect))
@@ -145,7 +145,7 @@ class AdminRoutes:
 
     async def idempotency(self, request: Request) -> Response:
         entries = await self.store.call(
-            resend.idempotency_entries, self.store, request.path_params["key"]
+            resend_store.idempotency_entries, self.store, request.path_params["key"]
         )
         return json_response({"entries": entries})
 

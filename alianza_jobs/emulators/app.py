@@ -15,7 +15,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from alianza_jobs.emulators.admin import AdminRoutes
 from alianza_jobs.emulators.constants import ADMIN_PREFIX, STREAM_PREFIX
-from alianza_jobs.emulators.resend import ResendService
+from alianza_jobs.emulators.resend_routes import ResendService
 from alianza_jobs.emulators.state import Clock, StateStore
 from alianza_jobs.emulators.stream_routes import StreamService
 

@@ -17,4 +17,4 @@ EMULATOR_ACCOUNT_ID = "e" * 32
 EMULATOR_STREAM_TOKEN = "emulator-stream-token"  # noqa: S105 - not a secret: any token works
 """A token for local use; the Stream emulator accepts any unless told to require one."""
 EMULATOR_API_KEY = "re_emulator_local"
-"""A Resend API key for local use."""
+"""A Resend API key for local use; the emulator accepts any ``re_`` key unless told to require one."""
