@@ -39,6 +39,13 @@ from alianza_jobs_tests.reliability.harness import (
 )
 from alianza_jobs_tests.reliability.hooks import BARRIER, BARRIER_MATCH
 
+# Where two email runs wait for each other: the UPDATE that stamps their first claimed batch with
+# its idempotency key and `sending` (the statement binding `p_idempotency_key`), after the claim
+# committed. Released from there, each run holds a batch it will send, so both send some however
+# the two processes are scheduled; held at their first statement, one could drain the queue
+# before the other had claimed a row.
+AFTER_FIRST_CLAIM = "p_idempotency_key"
+
 JOBS = {
     "email": ("process_email_queue", "send_due_emails", {"batch_size": 20}),
     "video": (
@@ -87,7 +94,10 @@ def test_two_runs_of_one_job_at_once(
     else:
         work = run_async(seed_videos(pg_url, emulators.stream, "twice", ready=30))
     barrier = tmp_path / "barrier"
-    env = app_env(pg_url, emulators, **{BARRIER: str(barrier)})
+    held = {BARRIER: str(barrier)}
+    if queue == "email":
+        held[BARRIER_MATCH] = AFTER_FIRST_CLAIM
+    env = app_env(pg_url, emulators, **held)
     file = run_config_file(tmp_path, op, config)
     # Create the instance's storage before two processes race to (Dagster's SQLite storage
     # stamps its schema version on first use; two at once leave two heads behind).
@@ -138,9 +148,9 @@ def test_a_manual_run_during_a_scheduled_one(
     emulators.resend.configure(rate_limit_requests=100)
     work = run_async(seed_emails(pg_url, "manual", valid=200, invalid=4))
     barrier = tmp_path / "barrier"
-    # The barrier holds each run at its first statement on email_queue (the trigger may run
-    # health_check before the queue).
-    env = app_env(pg_url, emulators, **{BARRIER: str(barrier), BARRIER_MATCH: "email_queue"})
+    # The barrier holds each run at its first bulk write on the queue, after its first claim (the
+    # trigger may run health_check before the queue).
+    env = app_env(pg_url, emulators, **{BARRIER: str(barrier), BARRIER_MATCH: AFTER_FIRST_CLAIM})
     file = run_config_file(tmp_path, "send_due_emails", {"batch_size": 20})
     instance = DagsterInstance.get()  # its storage exists before two processes race to create it
     scheduled = spawn("-m", CRASHSITE, "trigger", "--cron", "* * * * *", "--json", env=env)
