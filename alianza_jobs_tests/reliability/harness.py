@@ -20,6 +20,7 @@ import inspect
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator, Mapping
@@ -668,6 +669,32 @@ def wait_for_leases(url: str, table: type[EmailQueue] | type[Streaming], timeout
     )
 
 
+@contextmanager
+def held_until_met_in_flight(ns: Namespace) -> Iterator[None]:
+    """Resend holds its first request in flight (the emulator's ``hold_requests``) until a request
+    with the same key has met it there (a 409 ``concurrent_idempotent_requests`` served), then lets
+    it finish: the retry meets the first send in flight, and then its answer, however long the
+    machine takes to get the retry there."""
+    ns.control.update_config({"resend": {"hold_requests": [1]}})
+    done = threading.Event()
+
+    def release() -> None:
+        try:
+            while not done.wait(0.05):  # polling the counters for the 409, until the block ends
+                if any(c.service == "resend" and c.status == 409 for c in ns.control.counters()):
+                    break
+        finally:
+            ns.control.update_config({"resend": {"hold_requests": []}})
+
+    releaser = threading.Thread(target=release, daemon=True)
+    releaser.start()
+    try:
+        yield
+    finally:
+        done.set()
+        releaser.join(timeout=30)
+
+
 def elapsed_since(started: float) -> float:
     return round(time.monotonic() - started, 1)
 
@@ -691,6 +718,7 @@ __all__ = [
     "cli",
     "email_row",
     "fast_job",
+    "held_until_met_in_flight",
     "resources",
     "seed_emails",
     "seed_videos",

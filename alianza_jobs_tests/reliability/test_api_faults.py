@@ -17,9 +17,11 @@ Every test ends with the work done and audited: each row in its one correct stat
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -51,6 +53,7 @@ from alianza_jobs_tests.reliability.harness import (
     email_rows,
     failure_of,
     fast_job,
+    held_until_met_in_flight,
     metadata_of,
     retries_of,
     run_async,
@@ -121,7 +124,10 @@ def test_transient_faults_are_retried_within_the_call(
     if service == "resend":
         queue: Any = run_async(seed_emails(pg_url, "transient", valid=40, invalid=2))
         job = fast_job(email_task.TASK, email_task.send_due_emails, retries=0)
-        result = run_in_process(job, pg_url, emulators, EMAIL_OP, EMAIL_CONFIG, resend=CLIENT)
+        # The first (slow) send stays in flight until the client's retry has met it there.
+        slow = "slow_rate" in knobs
+        with held_until_met_in_flight(emulators) if slow else nullcontext():
+            result = run_in_process(job, pg_url, emulators, EMAIL_OP, EMAIL_CONFIG, resend=CLIENT)
         audit = run_async(audit_emails(pg_url, emulators.resend, queue))
     else:
         queue = run_async(seed_videos(pg_url, emulators.stream, "transient"))
@@ -163,12 +169,23 @@ def test_a_429_storm_from_a_neighbour_sharing_resends_limit(
     gives its rows back and succeeds; the next tick finishes. Never a row lost or sent twice."""
     queue = run_async(seed_emails(pg_url, "storm", valid=60))
     emulators.resend.configure(rate_limit_requests=4, rate_limit_window_s=1.0)
-    stop = time.monotonic() + 4.0
+
+    def batch_429s() -> int:
+        return sum(
+            c.count
+            for c in emulators.control.counters()
+            if c.endpoint == "POST /emails/batch" and c.status == 429
+        )
+
+    # The storm lasts until it has reached one of our requests (or our run is over), not for a
+    # fixed 4 s that a slow start of the run on a loaded machine could miss entirely.
+    over = threading.Event()
+    stop = time.monotonic() + 60.0
 
     def neighbour() -> int:
         sent = 0
         with httpx.Client(base_url=emulators.resend_base_url, timeout=5) as http:
-            while time.monotonic() < stop:
+            while time.monotonic() < stop and not over.is_set() and not batch_429s():
                 http.get("/emails/none", headers={"authorization": f"Bearer {RESEND_KEY}"})
                 sent += 1
         return sent
@@ -176,18 +193,19 @@ def test_a_429_storm_from_a_neighbour_sharing_resends_limit(
     runs = 0
     with ThreadPoolExecutor(1) as pool:
         storm = pool.submit(neighbour)
-        wait_for("the storm to start", lambda: statuses(emulators, "resend")[429] > 0, timeout=10)
-        result = run_in_process(email_task.job, pg_url, emulators, EMAIL_OP, EMAIL_CONFIG)
+        try:
+            wait_for(
+                "the storm to start", lambda: statuses(emulators, "resend")[429] > 0, timeout=30
+            )
+            result = run_in_process(email_task.job, pg_url, emulators, EMAIL_OP, EMAIL_CONFIG)
+        finally:
+            over.set()
         runs += 1
         assert storm.result() > 0
     first = metadata_of(result, EMAIL_OP)
     assert result.success and retries_of(result) == 0
     # The storm's answers reached our requests too.
-    batch_429 = sum(
-        c.count
-        for c in emulators.control.counters()
-        if c.endpoint == "POST /emails/batch" and c.status == 429
-    )
+    batch_429 = batch_429s()
     assert batch_429 >= 1
     stopped = first["stopped"]
     while stopped != "drained" and runs < 4:  # the next ticks, now the storm is over
@@ -309,7 +327,9 @@ def test_a_sustained_outage_opens_the_breaker_and_a_probe_closes_it(
     service: str, pg_url: str, emulators: Namespace, outcome: Outcomes
 ) -> None:
     threshold = 3
-    breaker: dict[str, Any] = {"breaker_failure_threshold": threshold, "breaker_cool_down_s": 1.0}
+    # A cool-down no run here outlasts, however slow the machine: the second run must find the
+    # breaker still open. Its end is then moved into the past (the breaker's clock), not waited.
+    breaker: dict[str, Any] = {"breaker_failure_threshold": threshold, "breaker_cool_down_s": 300}
     emulators.control.update_config(
         {service: {"error_rate": 1.0, "error_statuses": [503], "fault_after_processing_share": 0}}
     )
@@ -340,11 +360,9 @@ def test_a_sustained_outage_opens_the_breaker_and_a_probe_closes_it(
     assert emulators.control.calls(service=SERVICE[service]) == calls  # failed fast, no request
 
     emulators.control.update_config({service: {"error_rate": 0.0}})
-    wait_for(
-        "the cool-down",
-        lambda: run_async(_breaker(pg_url, name))["opened_until"] < datetime.now(UTC),  # type: ignore[index]
-        timeout=10,
-    )
+    run_async(_time_passes(pg_url, name))  # the cool-down is over
+    state = run_async(_breaker(pg_url, name))
+    assert state is not None and state["opened_until"] < datetime.now(UTC)
     third = run_in_process(job, pg_url, emulators, op, config, **overrides)
     assert third.success, failure_of(third, op)
     state = run_async(_breaker(pg_url, name))
@@ -400,7 +418,9 @@ def test_auth_revoked_mid_run_fails_once_clearly_and_alerts(
     service: str, pg_url: str, emulators: Namespace, outcome: Outcomes
 ) -> None:
     instance = DagsterInstance.get()
-    emulators.control.update_config({service: {"latency_ms": 150}})
+    # The run's third request is held in flight until the credential has been revoked: the
+    # revocation lands mid-run however fast or slow the machine runs the rest.
+    emulators.control.update_config({service: {"latency_ms": 150, "hold_requests": [3]}})
     if service == "resend":
         queue: Any = run_async(seed_emails(pg_url, "revoked", valid=60))
         job, op, config = email_task.job, EMAIL_OP, {**EMAIL_CONFIG, "batch_size": 5}
@@ -420,6 +440,7 @@ def test_auth_revoked_mid_run_fails_once_clearly_and_alerts(
             timeout=30,
         )
         emulators.control.update_config({service: revoke})
+        emulators.control.update_config({service: {"hold_requests": []}})
         result = running.result(timeout=120)
 
     assert not result.success

@@ -2,17 +2,19 @@
 retried, and the next attempt finishes the work.
 
 The tasks' real timeouts are one and two minutes; here the same op functions run under the same
-TaskSpec machinery (``asyncio.timeout``, RetryPolicy) with a 3 s timeout and a 0.2 s retry delay.
-The stuck call is the emulator's own ``slow`` fault, seeded so that exactly the first request of
-the run hangs (far longer than the timeout) and every later one is prompt. Client read timeouts
-stay at their defaults (20 s): the task's timeout is what must fire.
+TaskSpec machinery (``asyncio.timeout``, RetryPolicy) with an 8 s timeout (the retry's whole attempt
+must fit in it on a loaded machine) and a 0.2 s retry delay. The stuck call is the emulator's own
+``slow`` fault, seeded so that exactly the first request of the run hangs (far longer than the
+timeout) and every later one is prompt, or, for the send that must outlive the timeout and then be
+delivered, the first request held in flight until the retry has met it there. Client read
+timeouts stay at their defaults (20 s): the task's timeout is what must fire.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from contextlib import suppress
+from contextlib import AbstractContextManager, nullcontext, suppress
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -33,6 +35,7 @@ from alianza_jobs_tests.reliability.harness import (
     email_rows,
     failure_of,
     fast_job,
+    held_until_met_in_flight,
     metadata_of,
     resources,
     retries_of,
@@ -44,7 +47,8 @@ from alianza_jobs_tests.reliability.harness import (
 )
 
 T = TypeVar("T")
-TIMEOUT = timedelta(seconds=3)
+TIMEOUT = timedelta(seconds=8)
+TIMED_OUT = f"exceeded its {TIMEOUT.total_seconds():g} s timeout"
 STUCK_MS = 30_000.0
 
 
@@ -103,10 +107,7 @@ def test_video_task_stuck_on_the_listing(
     assert result.success
     assert retries_of(result) == 1
     records = instance.all_logs(result.run_id)
-    assert any(
-        "TaskTimeoutError" in (r.user_message or "") or "exceeded its 3 s timeout" in str(r)
-        for r in records
-    )
+    assert any("TaskTimeoutError" in (r.user_message or "") or TIMED_OUT in str(r) for r in records)
     assert _released_between_attempts(instance, result.run_id, "Gave back rows left")
     assert audit.ok(), audit.explain()
 
@@ -122,10 +123,11 @@ def test_email_task_stuck_on_a_send(
     """Cancelled mid-request: the rows keep their key and the retry re-sends the same batch.
     Unprocessed, it is sent now; delivered after the timeout (Resend finishes what it started),
     the re-send meets it in flight (409), then gets its answer from the cache: never twice."""
-    knobs: dict[str, Any]
+    in_flight: AbstractContextManager[None]
     if processed:
-        # Delivered 3.5 s after it arrived: just after the 3 s timeout, before the retry gives up.
-        knobs = {"slow_rate": 0.05, "slow_ms": 3500.0}
+        # Held in flight past the timeout, let go once the retry's re-send met it (409): then
+        # delivered, before the retry gives up.
+        in_flight = held_until_met_in_flight(emulators)
     else:
         knobs = {
             "slow_rate": 0.05,
@@ -134,20 +136,22 @@ def test_email_task_stuck_on_a_send(
             "error_statuses": [503],
             "fault_after_processing_share": 0.0,
         }
-    seed = first_request_stuck(ResendSettings(**knobs), "resend", fails=not processed)
-    emulators.control.update_config({"seed": seed, "resend": knobs})
+        seed = first_request_stuck(ResendSettings(**knobs), "resend", fails=True)
+        emulators.control.update_config({"seed": seed, "resend": knobs})
+        in_flight = nullcontext()
     queue = run_async(seed_emails(pg_url, "stuck", valid=30))
     instance = DagsterInstance.get()
     job = fast_job(email_task.TASK, email_task.send_due_emails, timeout=TIMEOUT, retries=2)
 
-    result = run_in_process(
-        job,
-        pg_url,
-        emulators,
-        "send_due_emails",
-        {"batch_size": 10, "concurrency": 1, "backoff_base_s": 0.0},
-        instance=instance,
-    )
+    with in_flight:
+        result = run_in_process(
+            job,
+            pg_url,
+            emulators,
+            "send_due_emails",
+            {"batch_size": 10, "concurrency": 1, "backoff_base_s": 0.0},
+            instance=instance,
+        )
 
     audit = run_async(audit_emails(pg_url, emulators.resend, queue))
     outcome.add_audit(
@@ -160,7 +164,7 @@ def test_email_task_stuck_on_a_send(
     assert result.success, failure_of(result, "send_due_emails")
     assert retries_of(result) == 1
     messages = " ".join(r.user_message or "" for r in instance.all_logs(result.run_id))
-    assert "exceeded its 3 s timeout" in messages
+    assert TIMED_OUT in messages
     # The retry took the interrupted batch back as a group, under its key.
     assert metadata_of(result, "send_due_emails")["resent"] >= 1
     assert audit.ok(), audit.explain()
