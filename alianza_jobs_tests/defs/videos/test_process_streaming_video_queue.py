@@ -696,7 +696,9 @@ async def test_cancelled_run_gives_back_every_leased_row(
     engine: AsyncEngine, database_url: str, state_dir: Path
 ) -> None:
     await build_mixed_queue(state_dir, engine)
-    emulator(state_dir).configure(latency_ms=30_000)  # the listing hangs until cancelled
+    # The listing (the run's first request) is held in flight: it hangs until cancelled, not for
+    # 30 s that a loaded machine could use up before the cancel.
+    emulator(state_dir).configure(hold_requests=[1])
     resources = {"database": Database(url=database_url), "stream": stream_resource(state_dir)}
 
     async def leased() -> int:
@@ -708,7 +710,7 @@ async def test_cancelled_run_gives_back_every_leased_row(
 
     with dg.build_op_context(resources=resources) as context:
         run = asyncio.create_task(check_queued_videos(context, VideoQueueConfig()))
-        count, _ = await poll(leased, timeout=20)
+        count, _ = await poll(leased, timeout=60)
         # 21 leased; the 2 without an external id may already be settled (no call needed).
         assert count in (19, 21)
         run.cancel()
