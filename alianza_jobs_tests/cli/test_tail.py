@@ -80,4 +80,9 @@ def test_tail_follow_picks_up_a_run_started_after_it() -> None:
         assert all(line["task"] == "counts" for _, line in seen)
     finally:
         tail.terminate()
-        tail.wait(timeout=10)
+        try:
+            tail.wait(timeout=60)  # a loaded machine can take seconds to get round to it
+        finally:
+            if tail.poll() is None:
+                tail.kill()
+                tail.wait()

@@ -42,7 +42,7 @@ def pushgateway(tmp_path: Path) -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 60
         while True:
             try:
                 if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
@@ -55,4 +55,9 @@ def pushgateway(tmp_path: Path) -> Iterator[str]:
         yield url
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        try:
+            proc.wait(timeout=60)  # a loaded machine can take seconds to get round to it
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
