@@ -28,7 +28,13 @@ def build_defs(settings: Settings) -> dg.Definitions:
         *(domain.build_defs(settings) for domain in DOMAINS),
         dg.Definitions(resources=build_resources(settings)),
     )
-    check_cron_overrides(settings, [job.name for job in merged.jobs or []])
+    check_cron_overrides(
+        settings,
+        [job.name for job in merged.jobs or []],
+        scheduled=[
+            s.job_name for s in merged.schedules or [] if isinstance(s, dg.ScheduleDefinition)
+        ],
+    )
     return merged
 
 

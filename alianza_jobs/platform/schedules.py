@@ -106,14 +106,21 @@ def last_complete_partition(
     return partitions_def.get_partition_key_for_timestamp(previous.start.timestamp())
 
 
-def check_cron_overrides(settings: Settings, job_names: Sequence[str]) -> None:
-    """An ``ALIANZA_CRON_<JOB>`` naming no job is a typo that would silently change nothing."""
+def check_cron_overrides(
+    settings: Settings, job_names: Sequence[str], scheduled: Sequence[str] | None = None
+) -> None:
+    """An ``ALIANZA_CRON_<JOB>`` naming no job, or a manual-only one (not in ``scheduled``), is a
+    mistake that would silently change nothing."""
     known = set(job_names)
     for name, value in settings.cron_overrides.items():
         if name not in known:
             raise SettingsError(
                 f"{CRON_OVERRIDE_PREFIX}{name.upper()}={value!r} names no job "
                 f"(jobs: {', '.join(sorted(known))})"
+            )
+        if scheduled is not None and name not in scheduled:
+            raise SettingsError(
+                f"{CRON_OVERRIDE_PREFIX}{name.upper()}={value!r}: {name} is manual-only"
             )
         cron_override(settings, name)
 
