@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -27,6 +28,16 @@ PG_ADMIN_URL = os.environ.get(
 REQUIRE_POSTGRES = os.environ.get("ALIANZA_REQUIRE_POSTGRES", "") == "1"
 # Variables a developer's shell may carry that would change what a test sees.
 _ISOLATED_ENV = ENV_VARIABLES
+
+# Dagster points SIGTERM at whatever handles SIGINT (dagster._utils.interrupts, on every in-process
+# execution). Started with SIGINT ignored, as a background job of a non-interactive shell is, that
+# leaves SIGTERM ignored here and in every process a test starts afterwards: terminate() of an
+# emulator server or `tail --follow` does nothing and the test times out waiting for it. With
+# Python's own handler, SIGTERM gets a handler here, which a child process resets to the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+if signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @pytest.fixture(autouse=True)
