@@ -194,6 +194,7 @@ class ApiResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         max_concurrency: int,
         breaker_store: BreakerStore | None,
         timing: Timing | None,
+        probe: bool = False,
     ) -> AsyncIterator[tuple[ApiCaller, CircuitBreaker]]:
         timing = timing or Timing()
         breaker = CircuitBreaker(
@@ -211,9 +212,12 @@ class ApiResource(dg.ConfigurableResource):  # type: ignore[type-arg]
                 classify_error=classify_error,
                 limiter=limiter(timing),
                 retry=RetrySettings(
-                    max_attempts=self.max_attempts, max_retry_wait_s=self.max_retry_wait_s
+                    max_attempts=1 if probe else self.max_attempts,
+                    max_retry_wait_s=self.max_retry_wait_s,
                 ),
-                breaker=breaker,
+                # A health probe asks the service itself: an open circuit must not answer for
+                # it, and its failure is the check's to report, not the queue jobs' to count.
+                breaker=None if probe else breaker,
                 timing=timing,
                 max_concurrency=max_concurrency,
                 secrets=[self.token],
@@ -262,12 +266,17 @@ class CloudflareStream(ApiResource):
 
     @asynccontextmanager
     async def client(
-        self, *, breaker_store: BreakerStore | None = None, timing: Timing | None = None
+        self,
+        *,
+        breaker_store: BreakerStore | None = None,
+        timing: Timing | None = None,
+        probe: bool = False,
     ) -> AsyncIterator[StreamClient]:
         """A client with its own connection pool; use one per run.
 
         ``breaker_store`` keeps the circuit state between runs (default: this client only).
-        ``timing`` replaces clocks and sleep (tests).
+        ``timing`` replaces clocks and sleep (tests). ``probe``: one attempt per call and no
+        circuit breaker, for the health check.
         """
         async with self.open_caller(
             service=stream_api.SERVICE,
@@ -278,6 +287,7 @@ class CloudflareStream(ApiResource):
             max_concurrency=self.max_concurrency,
             breaker_store=breaker_store,
             timing=timing,
+            probe=probe,
         ) as (caller, breaker):
             yield StreamClient(caller, self.account_id, breaker)
 
@@ -316,12 +326,17 @@ class ResendEmail(ApiResource):
 
     @asynccontextmanager
     async def client(
-        self, *, breaker_store: BreakerStore | None = None, timing: Timing | None = None
+        self,
+        *,
+        breaker_store: BreakerStore | None = None,
+        timing: Timing | None = None,
+        probe: bool = False,
     ) -> AsyncIterator[ResendClient]:
         """A client with its own connection pool; use one per run.
 
         ``breaker_store`` keeps the circuit state between runs (default: this client only).
-        ``timing`` replaces clocks and sleep (tests).
+        ``timing`` replaces clocks and sleep (tests). ``probe``: one attempt per call and no
+        circuit breaker, for the health check.
         """
         async with self.open_caller(
             service=resend_api.SERVICE,
@@ -330,6 +345,7 @@ class ResendEmail(ApiResource):
             max_concurrency=self.max_concurrency,
             breaker_store=breaker_store,
             timing=timing,
+            probe=probe,
         ) as (caller, breaker):
             yield ResendClient(caller, breaker)
 

@@ -36,6 +36,9 @@ DEFAULT_BASE_URL = "https://api.resend.com"
 MAX_BATCH = 100
 MAX_IDEMPOTENCY_KEY = 256
 QUOTA_ERRORS = frozenset({"daily_quota_exceeded", "monthly_quota_exceeded"})
+# A well-formed (v4) UUID no email will ever have: Resend answers 404 for it after authenticating.
+# Not the nil UUID, which a strict validator may refuse with a 422 before looking at the key.
+PROBE_EMAIL_ID = "3f1c9b2e-7a4d-4e8b-9c1f-5d2a6b8e0f17"
 
 
 @dataclass(frozen=True)
@@ -198,6 +201,27 @@ class ResendClient(ServiceClient):
             },
         )
         return result
+
+    async def key_access(self) -> tuple[int, str]:
+        """What the key may do, learnt from a read that sends nothing (the health check):
+        ``(status, "full")``, or ``(401, "sending_only")`` for a key restricted to sending.
+
+        Any other answer raises, an unknown key (403) included.
+        """
+        try:
+            status: int = await self._caller.request(
+                "GET", f"/emails/{PROBE_EMAIL_ID}", parse=lambda r: r.status_code
+            )
+        except PermanentApiError as err:
+            # Resend's own 404 (its error body), not one from whatever a wrong base URL points at.
+            if err.status == 404 and err.code == "not_found":
+                return 404, "full"
+            raise
+        except FatalApiError as err:
+            if err.status == 401 and err.code == "restricted_api_key":
+                return 401, "sending_only"
+            raise
+        return status, "full"
 
 
 def _check_key(key: str) -> str:

@@ -236,6 +236,17 @@ def _parse_one(response: httpx.Response) -> StreamVideo:
     return parse_video(result)
 
 
+def _parse_probe(response: httpx.Response) -> int:
+    body = json_body(response, SERVICE)
+    if (
+        not isinstance(body, dict)
+        or body.get("success") is not True
+        or not isinstance(body.get("result"), list)
+    ):
+        raise malformed(SERVICE, response, "not a successful Cloudflare listing")
+    return response.status_code
+
+
 def _parse_list(response: httpx.Response) -> list[StreamVideo]:
     result = _envelope_result(response)
     if not isinstance(result, list):
@@ -261,6 +272,12 @@ class StreamClient(ServiceClient):
         path = f"/accounts/{self._account}/stream/{quote(uid, safe='')}"
         video = await self._caller.request("GET", path, parse=_parse_one)
         return video.require_valid()
+
+    async def probe(self) -> int:
+        """An authenticated listing of at most one video, read for its envelope only (the health
+        check); returns the HTTP status."""
+        path = f"/accounts/{self._account}/stream"
+        return await self._caller.request("GET", path, parse=_parse_probe, params={"limit": "1"})
 
     async def find_videos(self, uids: Sequence[str]) -> list[StreamVideo]:
         """The videos among ``uids`` that Stream still has, in one call (its ``id`` filter).

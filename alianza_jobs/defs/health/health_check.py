@@ -12,26 +12,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
-from urllib.parse import quote
 
 import dagster as dg
-import httpx
 from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSpec, AssetSelection
 from pydantic import Field
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from alianza_jobs.clients import resend as resend_api
-from alianza_jobs.clients import stream as stream_api
 from alianza_jobs.clients.http import (
     ApiError,
-    RetryableApiError,
-    json_body,
-    malformed,
 )
 from alianza_jobs.db.engine import read_only
-from alianza_jobs.db.types import utcnow
 from alianza_jobs.defs.health.assets import (
     APP_DATABASE,
     CLOUDFLARE_STREAM_API,
@@ -55,9 +47,6 @@ TASK = TaskSpec(
 )
 
 CHECK_NAME = "healthy"
-# A well-formed (v4) UUID no email will ever have: Resend answers 404 for it after authenticating.
-# Not the nil UUID, which a strict validator may refuse with a 422 before looking at the key.
-PROBE_EMAIL_ID = "3f1c9b2e-7a4d-4e8b-9c1f-5d2a6b8e0f17"
 
 CHECK_SPECS = [
     AssetCheckSpec(
@@ -135,48 +124,15 @@ async def probe_database(database: Database) -> dict[str, Any]:
     return {"revision": current or ""}
 
 
-async def _get(client: httpx.AsyncClient, service: str, path: str, **kwargs: Any) -> httpx.Response:
-    try:
-        return await client.get(path, **kwargs)
-    except httpx.TimeoutException as exc:
-        # Our own message: httpx's exception carries the request, headers and all.
-        raise RetryableApiError(
-            service, None, "timeout", f"{type(exc).__name__} on GET {path}"
-        ) from None
-    except httpx.TransportError as exc:
-        raise RetryableApiError(
-            service, None, "network_error", f"{type(exc).__name__} on GET {path}: {exc}"
-        ) from None
-
-
 async def probe_stream(stream: CloudflareStream) -> dict[str, Any]:
-    path = f"/accounts/{quote(stream.account_id, safe='')}/stream"
-    async with stream.http_client(max_connections=1) as client:
-        response = await _get(client, stream_api.SERVICE, path, params={"limit": "1"})
-    if not response.is_success:
-        raise stream_api.classify_error(response, utcnow())
-    body = json_body(response, stream_api.SERVICE)
-    if (
-        not isinstance(body, dict)
-        or body.get("success") is not True
-        or not isinstance(body.get("result"), list)
-    ):
-        raise malformed(stream_api.SERVICE, response, "not a successful Cloudflare listing")
-    return {"status": response.status_code}
+    async with stream.client(probe=True) as api:
+        return {"status": await api.probe()}
 
 
 async def probe_resend(resend: ResendEmail) -> dict[str, Any]:
-    path = f"/emails/{PROBE_EMAIL_ID}"
-    async with resend.http_client(max_connections=1) as client:
-        response = await _get(client, resend_api.SERVICE, path)
-    if response.is_success:
-        return {"status": response.status_code, "key_access": "full"}
-    error = resend_api.classify_error(response, utcnow())
-    if response.status_code == 404 and error.code == "not_found":
-        return {"status": 404, "key_access": "full"}
-    if response.status_code == 401 and error.code == "restricted_api_key":
-        return {"status": 401, "key_access": "sending_only"}
-    raise error
+    async with resend.client(probe=True) as api:
+        status, access = await api.key_access()
+    return {"status": status, "key_access": access}
 
 
 async def probe_storage(reports: ReportStorage) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import respx
 from dagster import AssetKey, DagsterInstance
 from prometheus_client import CollectorRegistry
 
+from alianza_jobs.clients import resend as resend_api
 from alianza_jobs.defs.health import health_check as task
 from alianza_jobs.defs.health.assets import SERVICES
 from alianza_jobs.defs.health.health_check import HealthCheckConfig, check_services
@@ -327,7 +328,7 @@ async def test_resend_probe_reads_the_answer(
     status: int, body: dict[str, Any] | None, ok: bool, expected: str
 ) -> None:
     with respx.mock(assert_all_called=True) as router:
-        route = router.get(f"{REAL_RESEND}/emails/{task.PROBE_EMAIL_ID}")
+        route = router.get(f"{REAL_RESEND}/emails/{resend_api.PROBE_EMAIL_ID}")
         route.respond(status, json=body) if body else route.respond(status, text="<html>no</html>")
         result = await _probe(_real_resend())
     [request] = route.calls
@@ -360,7 +361,7 @@ async def test_stream_probe_rejects_a_200_that_is_not_a_listing() -> None:
 
 async def test_network_failure_is_a_failed_check_without_the_request_headers() -> None:
     with respx.mock(assert_all_called=True) as router:
-        router.get(f"{REAL_RESEND}/emails/{task.PROBE_EMAIL_ID}").mock(
+        router.get(f"{REAL_RESEND}/emails/{resend_api.PROBE_EMAIL_ID}").mock(
             side_effect=httpx.ConnectError("connection refused")
         )
         result = await _probe(_real_resend())
