@@ -181,13 +181,16 @@ async def write_rows(
         extra = dict.fromkeys(_LEASE_COLUMNS) if release else {}
         row = {**change, **extra}
         groups.setdefault(tuple(sorted(k for k in row if k != "id")), []).append(row)
+    table = _table(model)
     written: list[int] = []
     async with engine.begin() as conn:
+        bulk_update = (
+            _update_from_arrays if conn.dialect.name == "postgresql" else _update_executemany
+        )
         for columns, rows in groups.items():
-            if conn.dialect.name == "postgresql":
-                written += await _update_from_arrays(conn, model, owner, columns, rows)
-            else:
-                written += await _update_executemany(conn, model, owner, columns, rows)
+            mine = await _lock_owned(conn, table, owner, rows)
+            if mine:
+                written += await bulk_update(conn, table, owner, columns, mine)
     return sorted(written)
 
 
@@ -207,15 +210,12 @@ async def write_rows(
 # with the owned ids read first under the write lock BEGIN IMMEDIATE took.
 async def _update_from_arrays(
     conn: AsyncConnection,
-    model: type[Q],
+    table: Table,
     owner: str,
     columns: tuple[str, ...],
     rows: list[dict[str, Any]],
 ) -> list[int]:
-    table = _table(model)
-    rows = await _lock_owned(conn, table, owner, rows)
-    if not rows:
-        return []
+    # `owner` is not filtered on again: _lock_owned kept only the rows it holds, locked by id.
     # A column every row sets to the same value (the cleared lease, `checked_at = now`) is one
     # plain parameter, not an array.
     constant: dict[str, Any] = {
@@ -257,22 +257,18 @@ async def _lock_owned(
 
 async def _update_executemany(
     conn: AsyncConnection,
-    model: type[Q],
+    table: Table,
     owner: str,
     columns: tuple[str, ...],
     rows: list[dict[str, Any]],
 ) -> list[int]:
-    table = _table(model)
-    mine = await _lock_owned(conn, table, owner, rows)
-    if not mine:
-        return []
     stmt = (
         update(table)
         .where(table.c.id == bindparam("_id"), table.c.locked_by == owner)
         .values({c: bindparam(f"_{c}") for c in columns})
     )
-    await conn.execute(stmt, [{f"_{k}": v for k, v in row.items()} for row in mine])
-    return [row["id"] for row in mine]
+    await conn.execute(stmt, [{f"_{k}": v for k, v in row.items()} for row in rows])
+    return [row["id"] for row in rows]
 
 
 def _table(model: type[Q]) -> Table:

@@ -351,10 +351,9 @@ async def test_bulk_write_plan_holds_on_statistics_from_before_the_claim(postgre
 
 
 async def _update_from_values(
-    conn: Any, model: Any, owner: str, columns: tuple[str, ...], rows: list[dict[str, Any]]
+    conn: Any, table: Any, owner: str, columns: tuple[str, ...], rows: list[dict[str, Any]]
 ) -> list[int]:
     """The form claims.py measured and rejected: UPDATE ... FROM (VALUES (...), ...) AS v."""
-    table = model.__table__
     written: list[int] = []
     # An all-NULL column has no type Postgres can infer inside VALUES: set it directly.
     nulls = {c: None for c in columns if all(row[c] is None for row in rows)}
@@ -401,7 +400,9 @@ async def test_bulk_forms_timing(postgres_url: str) -> None:
                 )
             started = time.perf_counter()
             async with engine.begin() as conn:
-                written = await form(conn, Streaming, "bench", columns, changes)
+                # As write_rows does: the rows still ours, locked, then one bulk form writes them.
+                mine = await claims._lock_owned(conn, Streaming.__table__, "bench", changes)
+                written = await form(conn, Streaming.__table__, "bench", columns, mine)
             timings[name] = time.perf_counter() - started
             assert sorted(written) == ids[1:], name  # ids[0] belongs to another owner
             ready = sum(1 for i in ids[1:] if i % 2)
