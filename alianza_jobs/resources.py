@@ -14,9 +14,9 @@ import asyncio
 import os
 import tempfile
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, TypeVar, Unpack
 
 import dagster as dg
 import httpx
@@ -33,6 +33,7 @@ from alianza_jobs.clients.http import (
     HeaderRateLimiter,
     RateLimiter,
     RetrySettings,
+    ServiceClient,
     SlidingWindowLimiter,
     Timing,
     build_async_client,
@@ -145,6 +146,19 @@ class ReportStorage(dg.ConfigurableResource):  # type: ignore[type-arg]
 
 # -- HTTP APIs -----------------------------------------------------------------------------------
 
+C = TypeVar("C", bound=ServiceClient)
+
+
+class ClientOptions(TypedDict, total=False):
+    """How a run opens a service's client: ``stream.client(**options)``."""
+
+    breaker_store: BreakerStore | None
+    """Keeps the circuit state between runs (default: this client's own, in memory)."""
+    timing: Timing | None
+    """Replaces clocks and sleep (tests)."""
+    probe: bool
+    """One attempt per call and no circuit breaker: the health check's probes."""
+
 
 class ApiResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     connect_timeout_s: float = 5.0
@@ -185,17 +199,19 @@ class ApiResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         )
 
     @asynccontextmanager
-    async def open_caller(
+    async def open_client(
         self,
+        make: Callable[[ApiCaller, CircuitBreaker], C],
         *,
         service: str,
         classify_error: ErrorClassifier,
         limiter: Callable[[Timing], RateLimiter],
         max_concurrency: int,
-        breaker_store: BreakerStore | None,
-        timing: Timing | None,
+        breaker_store: BreakerStore | None = None,
+        timing: Timing | None = None,
         probe: bool = False,
-    ) -> AsyncIterator[tuple[ApiCaller, CircuitBreaker]]:
+    ) -> AsyncIterator[C]:
+        """The service's client (``make`` of its caller and breaker), on a pool of its own."""
         timing = timing or Timing()
         breaker = CircuitBreaker(
             service,
@@ -222,7 +238,7 @@ class ApiResource(dg.ConfigurableResource):  # type: ignore[type-arg]
                 max_concurrency=max_concurrency,
                 secrets=[self.token],
             )
-            yield caller, breaker
+            yield make(caller, breaker)
 
 
 def _emulator_transport(state_dir: str) -> httpx.AsyncBaseTransport:
@@ -264,32 +280,18 @@ class CloudflareStream(ApiResource):
     def token(self) -> str:
         return self.api_token
 
-    @asynccontextmanager
-    async def client(
-        self,
-        *,
-        breaker_store: BreakerStore | None = None,
-        timing: Timing | None = None,
-        probe: bool = False,
-    ) -> AsyncIterator[StreamClient]:
-        """A client with its own connection pool; use one per run.
-
-        ``breaker_store`` keeps the circuit state between runs (default: this client only).
-        ``timing`` replaces clocks and sleep (tests). ``probe``: one attempt per call and no
-        circuit breaker, for the health check.
-        """
-        async with self.open_caller(
+    def client(self, **options: Unpack[ClientOptions]) -> AbstractAsyncContextManager[StreamClient]:
+        """A Stream client with its own connection pool; use one per run."""
+        return self.open_client(
+            lambda caller, breaker: StreamClient(caller, self.account_id, breaker),
             service=stream_api.SERVICE,
             classify_error=stream_api.classify_error,
             limiter=lambda t: SlidingWindowLimiter(
                 self.rate_limit_requests, self.rate_limit_window_s + self.rate_limit_margin_s, t
             ),
             max_concurrency=self.max_concurrency,
-            breaker_store=breaker_store,
-            timing=timing,
-            probe=probe,
-        ) as (caller, breaker):
-            yield StreamClient(caller, self.account_id, breaker)
+            **options,
+        )
 
 
 class EmulatedCloudflareStream(CloudflareStream):
@@ -324,30 +326,16 @@ class ResendEmail(ApiResource):
     def token(self) -> str:
         return self.api_key
 
-    @asynccontextmanager
-    async def client(
-        self,
-        *,
-        breaker_store: BreakerStore | None = None,
-        timing: Timing | None = None,
-        probe: bool = False,
-    ) -> AsyncIterator[ResendClient]:
-        """A client with its own connection pool; use one per run.
-
-        ``breaker_store`` keeps the circuit state between runs (default: this client only).
-        ``timing`` replaces clocks and sleep (tests). ``probe``: one attempt per call and no
-        circuit breaker, for the health check.
-        """
-        async with self.open_caller(
+    def client(self, **options: Unpack[ClientOptions]) -> AbstractAsyncContextManager[ResendClient]:
+        """A Resend client with its own connection pool; use one per run."""
+        return self.open_client(
+            ResendClient,
             service=resend_api.SERVICE,
             classify_error=resend_api.classify_error,
             limiter=HeaderRateLimiter,
             max_concurrency=self.max_concurrency,
-            breaker_store=breaker_store,
-            timing=timing,
-            probe=probe,
-        ) as (caller, breaker):
-            yield ResendClient(caller, breaker)
+            **options,
+        )
 
 
 class EmulatedResendEmail(ResendEmail):
