@@ -68,7 +68,7 @@ class StoredBreaker(Protocol):
 
 
 class BreakerStore(Protocol):
-    """Satisfied structurally, e.g. by ``alianza_jobs.db.breaker_store.DatabaseBreakerStore``."""
+    """Satisfied structurally, e.g. by ``alianza_jobs.platform.breakers.DatabaseBreakerStore``."""
 
     async def load(self, service: str) -> StoredBreaker | None: ...
 

@@ -26,7 +26,7 @@ from alianza_jobs.clients.http import (
     RetryableApiError,
 )
 from alianza_jobs.clients.resend import OutgoingEmail
-from alianza_jobs.db.breaker_store import DatabaseBreakerStore
+from alianza_jobs.platform.breakers import DatabaseBreakerStore
 from alianza_jobs.platform.failures import dagster_failure
 from alianza_jobs.resources import CloudflareStream, ResendEmail
 from alianza_jobs_tests.clients.conftest import RESEND_KEY, STREAM_TOKEN, FakeClock, LogCapture

@@ -10,11 +10,11 @@ from datetime import timedelta
 
 from dagster import Backoff, Failure, Jitter, OpExecutionContext
 
-from alianza_jobs.db.breaker_store import DatabaseBreakerStore
 from alianza_jobs.defs.emails.config import EmailQueueConfig
 from alianza_jobs.defs.emails.rules import InvalidEmail, prepare_email
 from alianza_jobs.defs.emails.sending import EmailQueueRun
 from alianza_jobs.logs import get_logger
+from alianza_jobs.platform.breakers import DatabaseBreakerStore
 from alianza_jobs.platform.failures import dagster_failure
 from alianza_jobs.platform.task import Retry, TaskReport, TaskSpec
 from alianza_jobs.resources import AppConfig, Database, ResendEmail

@@ -12,7 +12,6 @@ from datetime import timedelta
 from dagster import Backoff, Jitter, OpExecutionContext
 
 from alianza_jobs.clients.http import ApiError
-from alianza_jobs.db.breaker_store import DatabaseBreakerStore
 from alianza_jobs.db.claims import release_held
 from alianza_jobs.db.models import Streaming
 from alianza_jobs.defs.videos.queue_config import VideoQueueConfig
@@ -20,6 +19,7 @@ from alianza_jobs.defs.videos.queue_run import VideoQueueRun
 from alianza_jobs.defs.videos.queue_sql import NO_EXTERNAL_ID, lease_due_rows
 from alianza_jobs.defs.videos.reconcile import NOT_FOUND_REASON
 from alianza_jobs.logs import get_logger
+from alianza_jobs.platform.breakers import DatabaseBreakerStore
 from alianza_jobs.platform.failures import dagster_failure
 from alianza_jobs.platform.task import Retry, TaskReport, TaskSpec
 from alianza_jobs.resources import CloudflareStream, Database

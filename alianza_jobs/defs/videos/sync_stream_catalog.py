@@ -18,7 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from alianza_jobs.clients.http import ApiError
 from alianza_jobs.clients.stream import MAX_PAGE_SIZE
 from alianza_jobs.clients.stream import StreamVideo as ApiVideo
-from alianza_jobs.db.breaker_store import DatabaseBreakerStore
 from alianza_jobs.db.types import utcnow
 from alianza_jobs.defs.videos.catalog_mirror import PageResult, apply_page, mirror_values
 from alianza_jobs.defs.videos.catalog_watermark import (
@@ -27,6 +26,7 @@ from alianza_jobs.defs.videos.catalog_watermark import (
     write_watermark,
 )
 from alianza_jobs.logs import TaskLogger, get_logger
+from alianza_jobs.platform.breakers import DatabaseBreakerStore
 from alianza_jobs.platform.failures import dagster_failure
 from alianza_jobs.platform.task import Retry, TaskReport, TaskSpec
 from alianza_jobs.resources import CloudflareStream, Database

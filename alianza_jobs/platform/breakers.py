@@ -1,70 +1,38 @@
 """Circuit-breaker state in the ``circuit_breakers`` table: shared by every run and process.
 
 A breaker that forgot its state at the end of each run would let every tick hammer a dead API
-again; the app database is the one store every run, on every machine, already shares.
+again; the app database is the one store every run, on every machine, already shares. This is the
+clients' ``BreakerStore`` on that table; it lives here, where both the clients and the database
+may be imported, so neither of them needs to know the other.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from alianza_jobs.clients.breaker import BreakerState
 from alianza_jobs.db.models import CircuitBreaker
 from alianza_jobs.db.types import utcnow
 
 
-class BreakerValues(Protocol):
-    """What is saved per service (the API clients' breaker state has these attributes)."""
-
-    @property
-    def state(self) -> str: ...
-
-    @property
-    def consecutive_failures(self) -> int: ...
-
-    @property
-    def opened_until(self) -> datetime | None: ...
-
-    @property
-    def last_error(self) -> str | None: ...
-
-
-@dataclass(frozen=True)
-class BreakerRow:
-    """One row of ``circuit_breakers`` as plain values (service is the key)."""
-
-    state: str
-    consecutive_failures: int
-    opened_until: datetime | None
-    last_error: str | None
-
-
 class DatabaseBreakerStore:
-    """Loads and saves breaker state by service; satisfies the clients' ``BreakerStore``."""
+    """Loads and saves breaker state by service."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
-    async def load(self, service: str) -> BreakerRow | None:
+    async def load(self, service: str) -> BreakerState | None:
         async with self.engine.connect() as conn:
             row = (
                 await conn.execute(select(CircuitBreaker).where(CircuitBreaker.service == service))
             ).first()
-        if row is None:
-            return None
-        return BreakerRow(
-            state=row.state,
-            consecutive_failures=row.consecutive_failures,
-            opened_until=row.opened_until,
-            last_error=row.last_error,
-        )
+        return None if row is None else BreakerState.of(row)
 
-    async def save(self, service: str, state: BreakerValues) -> None:
+    async def save(self, service: str, state: BreakerState) -> None:
         values: dict[str, Any] = {
             "state": state.state,
             "consecutive_failures": state.consecutive_failures,
