@@ -80,13 +80,11 @@ class MemoryBreakerStore:
 
     def __init__(self) -> None:
         self.states: dict[str, BreakerState] = {}
-        self.saves = 0
 
     async def load(self, service: str) -> BreakerState | None:
         return self.states.get(service)
 
     async def save(self, service: str, state: BreakerState) -> None:
-        self.saves += 1
         self.states[service] = state
 
 

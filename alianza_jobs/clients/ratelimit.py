@@ -39,20 +39,17 @@ class RateLimiter(Protocol):
 
 
 class _PacedLimiter:
-    """What both limiters keep: a lock waiters queue behind, the server's pause, and the time
-    they waited."""
+    """What both limiters keep: a lock waiters queue behind, and the server's pause."""
 
     def __init__(self, timing: Timing | None) -> None:
         self._timing = timing or Timing()
         self._lock = asyncio.Lock()
         self._blocked_until = 0.0
-        self.waited_s = 0.0
 
     async def _sleep(self, wait: float, max_wait: float | None) -> None:
         """Sleep ``wait`` seconds, or raise LimiterWaitTooLong when that is over ``max_wait``."""
         if max_wait is not None and wait > max_wait:
             raise LimiterWaitTooLong(wait)
-        self.waited_s += wait
         await self._timing.sleep(wait)
 
     def pause_for(self, seconds: float) -> None:
