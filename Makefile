@@ -6,7 +6,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.alianza/dagster_home
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: install dev test test-stressed lint format typecheck check bench bench-smoke tail emulate clean
+.PHONY: install dev test test-stressed lint format typecheck check bench bench-smoke tail emulate clean drizzle-schema
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ bench: install ## benchmarks against the TypeScript package's way, on loopback e
 
 bench-smoke: install
 	$(BIN)/python -m benchmarks --smoke
+
+drizzle-schema: ## regenerate the tests' Drizzle platform schema (needs npm; the suite itself does not)
+	cd alianza_jobs_tests/db/drizzle && npm ci --no-audit --no-fund && rm -rf generated && npx drizzle-kit generate --name platform
 
 tail: install ## follow run logs from the instance in DAGSTER_HOME
 	$(BIN)/alianza-jobs tail --follow

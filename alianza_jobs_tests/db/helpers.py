@@ -7,8 +7,10 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TypeVar
 
+import psycopg
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -68,3 +70,24 @@ async def poll(
         if value or elapsed > timeout:
             return value, elapsed
         await asyncio.sleep(interval)
+
+
+DRIZZLE_SQL_DIR = Path(__file__).parent / "drizzle" / "generated"
+
+
+def drizzle_platform_statements() -> list[str]:
+    """The statements drizzle-kit generated for the platform schema (db/drizzle/schema.ts), in
+    order: what the platform's own ORM creates before the jobs ever run."""
+    statements: list[str] = []
+    for path in sorted(DRIZZLE_SQL_DIR.glob("*.sql")):
+        text = path.read_text(encoding="utf-8")
+        statements += [s.strip() for s in text.split("--> statement-breakpoint") if s.strip()]
+    return statements
+
+
+def create_drizzle_platform_schema(url: str) -> None:
+    """Create the Drizzle platform tables in the (empty) Postgres database at ``url``."""
+    with psycopg.connect(url, autocommit=False) as conn:
+        for statement in drizzle_platform_statements():
+            conn.execute(statement.encode("utf-8"))
+        conn.commit()
