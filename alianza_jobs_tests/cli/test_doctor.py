@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import psycopg
 import pytest
 from click.testing import CliRunner, Result
@@ -41,7 +40,7 @@ from dagster_shared.error import SerializableErrorInfo
 from alianza_jobs.cli import cli
 from alianza_jobs.cli.doctor import CHECKS
 from alianza_jobs_tests.conftest import REPO
-from alianza_jobs_tests.platform.conftest import free_port
+from alianza_jobs_tests.processes import free_port, stop_process, wait_until_answers
 
 MODULE = "alianza_jobs_tests.platform.defs"
 ACCOUNT = "doctor0account0000000000000000001"
@@ -85,24 +84,10 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/_emulator/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "emulator did not start"
-            time.sleep(0.1)  # polling for readiness under the deadline above
+        wait_until_answers(f"{url}/_emulator/health", proc, timeout_s=30, what="the emulator")
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)  # a loaded machine can take seconds to get round to it
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
 
 
 @pytest.fixture(scope="module")

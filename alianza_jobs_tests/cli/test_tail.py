@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from alianza_jobs_tests.cli.helpers import CLI, REPO, json_lines, run_cli
+from alianza_jobs_tests.processes import stop_process
 
 M = ("-m", "alianza_jobs_tests.platform.defs")
 
@@ -79,10 +80,4 @@ def test_tail_follow_picks_up_a_run_started_after_it() -> None:
         assert max(lags) < 10.0, lags
         assert all(line["task"] == "counts" for _, line in seen)
     finally:
-        tail.terminate()
-        try:
-            tail.wait(timeout=60)  # a loaded machine can take seconds to get round to it
-        finally:
-            if tail.poll() is None:
-                tail.kill()
-                tail.wait()
+        stop_process(tail)

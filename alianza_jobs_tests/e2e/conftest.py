@@ -29,7 +29,7 @@ from alianza_jobs_tests.e2e.harness import (
     procfile_argv,
     production_config,
 )
-from alianza_jobs_tests.platform.conftest import free_port
+from alianza_jobs_tests.processes import free_port
 
 SUITE_STARTED = time.monotonic()
 

@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from alianza_jobs.emulators import STREAM_PREFIX, combined_app
+from alianza_jobs_tests.processes import stop_process
 
 ACCOUNT = "023e105f4ecef8ad9ca31a8372d0c353"
 TOKEN = "test-stream-token"
@@ -90,12 +91,7 @@ def start_emulate(state_dir: Path, *extra: str, env: dict[str, str] | None = Non
 
 
 def stop(server: ServerProcess) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
+    stop_process(server.process)
 
 
 @pytest.fixture(scope="session")

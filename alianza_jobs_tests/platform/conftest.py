@@ -2,22 +2,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
+from alianza_jobs_tests.processes import free_port, stop_process, wait_until_answers
+
 REQUIRE_PUSHGATEWAY = os.environ.get("ALIANZA_REQUIRE_PUSHGATEWAY", "") == "1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -42,22 +35,7 @@ def pushgateway(tmp_path: Path) -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                pytest.fail("the Pushgateway did not become ready")
-            time.sleep(0.05)  # polling for readiness, bounded by the deadline above
+        wait_until_answers(f"{url}/-/ready", proc, timeout_s=60, what="the Pushgateway")
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)  # a loaded machine can take seconds to get round to it
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)

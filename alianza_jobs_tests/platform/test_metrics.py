@@ -6,7 +6,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from alianza_jobs_tests.cli.helpers import run_cli
-from alianza_jobs_tests.platform.conftest import free_port
+from alianza_jobs_tests.processes import free_port
 
 M = ("-m", "alianza_jobs_tests.platform.defs")
 

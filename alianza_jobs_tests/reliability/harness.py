@@ -52,7 +52,7 @@ from alianza_jobs.settings import ENV_VARIABLES
 from alianza_jobs_tests.defs.emails.fixtures import add_emails
 from alianza_jobs_tests.defs.videos.fixtures import insert_streamings, uid_for
 from alianza_jobs_tests.e2e.harness import wait_for as e2e_wait_for
-from alianza_jobs_tests.platform.conftest import free_port
+from alianza_jobs_tests.processes import free_port
 from alianza_jobs_tests.reliability.hooks import (
     AppStatements,
     HttpCounter,

@@ -24,7 +24,7 @@ from alianza_jobs.db.demo import seed_demo
 from alianza_jobs.db.models import metadata
 from alianza_jobs.redaction import redact, secret_values
 from alianza_jobs.settings import mask_url
-from alianza_jobs_tests.platform.conftest import free_port
+from alianza_jobs_tests.processes import free_port
 from alianza_jobs_tests.reliability.conftest import Outcomes
 from alianza_jobs_tests.reliability.harness import (
     CLI,
