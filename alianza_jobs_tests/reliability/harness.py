@@ -618,6 +618,15 @@ async def streaming_rows(url: str) -> dict[int, dict[str, Any]]:
     return await with_engine(url, read)
 
 
+async def audit_queue(
+    url: str, emulators: Namespace, seed: EmailQueueSeed | VideoQueueSeed
+) -> Audit:
+    """The audit of whichever queue ``seed`` filled (the email one also reads the inbox)."""
+    if isinstance(seed, EmailQueueSeed):
+        return await audit_emails(url, emulators.resend, seed)
+    return await audit_videos(url, seed)
+
+
 async def audit_videos(url: str, seed: VideoQueueSeed) -> Audit:
     rows = await streaming_rows(url)
     letters = await dead_letter_counts(url, "streamings")

@@ -49,6 +49,7 @@ from alianza_jobs_tests.reliability.harness import (
     STREAM_TOKEN,
     Namespace,
     audit_emails,
+    audit_queue,
     audit_videos,
     email_rows,
     failure_of,
@@ -367,10 +368,7 @@ def test_a_sustained_outage_opens_the_breaker_and_a_probe_closes_it(
     assert third.success, failure_of(third, op)
     state = run_async(_breaker(pg_url, name))
     assert state is not None and state["state"] == "closed"
-    if service == "resend":
-        audit = run_async(audit_emails(pg_url, emulators.resend, queue))
-    else:
-        audit = run_async(audit_videos(pg_url, queue))
+    audit = run_async(audit_queue(pg_url, emulators, queue))
     outcome.add_audit(
         "api",
         f"sustained 503 outage: breaker opens, fails fast, probe closes it ({service})",
@@ -477,11 +475,8 @@ def test_auth_revoked_mid_run_fails_once_clearly_and_alerts(
     # The operator rotates the credential; the next run finishes the work.
     finish = run_in_process(job, pg_url, emulators, op, config, **rotated)
     assert finish.success, failure_of(finish, op)
-    if service == "resend":
-        # (The alert itself went out through the queue as well, once.)
-        audit = run_async(audit_emails(pg_url, emulators.resend, queue))
-    else:
-        audit = run_async(audit_videos(pg_url, queue))
+    # (The alert itself went out through the queue as well, once.)
+    audit = run_async(audit_queue(pg_url, emulators, queue))
     outcome.add_audit(
         "api",
         f"auth revoked mid-run ({expected.split()[1]}): fails once, alerts ({service})",

@@ -29,7 +29,7 @@ from alianza_jobs_tests.reliability.harness import (
     Namespace,
     app_env,
     audit_emails,
-    audit_videos,
+    audit_queue,
     run_async,
     run_config_file,
     seed_emails,
@@ -118,10 +118,7 @@ def test_two_runs_of_one_job_at_once(
         assert child.returncode == 0, stderr[-3000:]
         [result] = job_results(stdout)
         counters.append(materialized(instance, result["run_id"]))
-    if queue == "email":
-        audit = run_async(audit_emails(pg_url, emulators.resend, work))
-    else:
-        audit = run_async(audit_videos(pg_url, work))
+    audit = run_async(audit_queue(pg_url, emulators, work))
     outcome.add_audit(
         "concurrency",
         f"two `alianza-jobs run {job}` at once, past the schedule guard (Postgres)",

@@ -38,7 +38,7 @@ from alianza_jobs_tests.reliability.harness import (
     Namespace,
     app_env,
     audit_emails,
-    audit_videos,
+    audit_queue,
     failure_of,
     fast_job,
     retries_of,
@@ -103,10 +103,7 @@ def test_connection_terminated_mid_batch(
     if not first.success:  # failing cleanly is allowed: then the next run must finish
         runs += 1
         assert run_in_process(job, pg_url, emulators, op, config).success
-    if queue == "email":
-        audit = run_async(audit_emails(pg_url, emulators.resend, work))
-    else:
-        audit = run_async(audit_videos(pg_url, work))
+    audit = run_async(audit_queue(pg_url, emulators, work))
     outcome.add_audit(
         "database",
         f"pg_terminate_backend mid-batch, seeded statement ({queue} queue, Postgres)",
@@ -248,10 +245,7 @@ def test_sqlite_locked_by_another_writer(
         wait_for_leases(sqlite_url, table, timeout=30)
         runs += 1
         assert run_in_process(job, sqlite_url, emulators, op, config).success
-    if queue == "email":
-        audit = run_async(audit_emails(sqlite_url, emulators.resend, work))
-    else:
-        audit = run_async(audit_videos(sqlite_url, work))
+    audit = run_async(audit_queue(sqlite_url, emulators, work))
     outcome.add_audit(
         "database",
         f"SQLite write lock held {hold_s:g} s by another process "

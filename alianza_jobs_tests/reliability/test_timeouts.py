@@ -31,6 +31,7 @@ from alianza_jobs_tests.reliability.conftest import Outcomes
 from alianza_jobs_tests.reliability.harness import (
     Namespace,
     audit_emails,
+    audit_queue,
     audit_videos,
     email_rows,
     failure_of,
@@ -226,10 +227,7 @@ def test_cancelled_just_as_the_claim_commits(
     monkeypatch.undo()
     # The next attempt (the op's retry, here right away) finishes everything.
     run_async(attempt())
-    if queue == "email":
-        audit = run_async(audit_emails(pg_url, emulators.resend, work))
-    else:
-        audit = run_async(audit_videos(pg_url, work))
+    audit = run_async(audit_queue(pg_url, emulators, work))
     outcome.add_audit(
         "timeouts",
         f"cancelled just as the claim committed: rows given back at once ({queue} queue)",
