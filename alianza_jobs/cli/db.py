@@ -1,4 +1,4 @@
-"""``alianza-jobs db``: migrate and seed the application database (``DATABASE_URL``).
+"""``alianza-jobs db``: migrate, check and seed the application database (``DATABASE_URL``).
 
 ``db upgrade`` is safe to run on every start (``make dev`` does): at head it changes nothing.
 """
@@ -16,6 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from alianza_jobs.db import migrate
 from alianza_jobs.db.demo import has_users, seed_demo
 from alianza_jobs.db.engine import create_engine
+from alianza_jobs.db.platform_check import check_platform
+from alianza_jobs.db.schema_map import SHAPES, default_map
 from alianza_jobs.emulators import StreamEmulator, VideoSpec
 from alianza_jobs.redaction import redact
 from alianza_jobs.settings import SettingsError, load_settings, mask_url
@@ -92,6 +94,24 @@ def current_command() -> None:
     head = migrate.head_revision()
     state = "up to date" if current == head else "behind: run `alianza-jobs db upgrade`"
     click.echo(f"{url}: at {_rev(current)}, head {_rev(head)} ({state})")
+
+
+@db_group.command("check")
+def check_command() -> None:
+    """Compare the live database with what the jobs read and write there; exit 1 on a mismatch.
+
+    One line per problem: a table or column that does not exist, or whose type cannot hold what
+    the jobs write (an enum lacking a status, an integer duration). Nothing is written.
+    """
+    schema_map = default_map()
+    problems, url = _run(lambda engine: check_platform(engine, schema_map))
+    for problem in problems:
+        click.echo(f"{url}: {problem}")
+    if problems:
+        raise SystemExit(1)
+    click.echo(
+        f"{url}: the platform tables hold what the jobs read and write ({len(SHAPES)} tables)"
+    )
 
 
 @db_group.command("revision")

@@ -24,6 +24,8 @@ from alianza_jobs.clients.http import (
     ApiError,
 )
 from alianza_jobs.db.engine import read_only
+from alianza_jobs.db.platform_check import check_platform
+from alianza_jobs.db.schema_map import default_map
 from alianza_jobs.defs.health.assets import (
     APP_DATABASE,
     CLOUDFLARE_STREAM_API,
@@ -115,12 +117,17 @@ async def probe_database(database: Database) -> dict[str, Any]:
         async with reader.connect() as conn:
             await conn.execute(text("SELECT 1"))
         current = await migrate.current_revision(reader)
-    head = await asyncio.to_thread(migrate.head_revision)
-    if current != head:
-        raise ProbeError(
-            f"schema at revision {current or 'none (no migrations applied)'}, the code expects "
-            f"{head}: run `alianza-jobs db upgrade`"
-        )
+        head = await asyncio.to_thread(migrate.head_revision)
+        if current != head:
+            raise ProbeError(
+                f"schema at revision {current or 'none (no migrations applied)'}, the code "
+                f"expects {head}: run `alianza-jobs db upgrade`"
+            )
+        # The tables the jobs write must hold what they write, or a run fails halfway.
+        problems = await check_platform(reader, default_map())
+    if problems:
+        more = f" (and {len(problems) - 1} more: `alianza-jobs db check`)" if problems[1:] else ""
+        raise ProbeError(problems[0] + more)
     return {"revision": current or ""}
 
 

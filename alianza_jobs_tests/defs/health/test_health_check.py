@@ -16,6 +16,7 @@ from typing import Any
 
 import dagster as dg
 import httpx
+import psycopg
 import pytest
 import respx
 from dagster import AssetKey, DagsterInstance
@@ -226,6 +227,24 @@ def test_database_behind_its_migrations_fails(tmp_path: Path, state_dir: Path) -
     assert database["passed"] is False
     assert "schema at revision none" in database["error"]
     assert "alianza-jobs db upgrade" in database["error"]
+
+
+def test_platform_tables_that_cannot_hold_what_the_jobs_write_fail(
+    postgres_url: str, tmp_path: Path, state_dir: Path
+) -> None:
+    run_async(_migrate(postgres_url))
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE streamings ALTER COLUMN duration TYPE integer USING NULL")
+        conn.execute("ALTER TABLE email_queue DROP COLUMN sent_at")
+    result = run_health_check(postgres_url, tmp_path, state_dir)
+    assert not result.success
+    database = evaluations(result)["app_database"]
+    assert database["passed"] is False
+    assert database["error"] == (
+        "ProbeError: streamings.duration: streamings.duration is integer, which cannot hold a "
+        "duration such as 12.5 s; double precision, real, numeric or text would fit "
+        "(and 1 more: `alianza-jobs db check`)"
+    )
 
 
 def test_revoked_credentials_fail_both_api_checks(
