@@ -20,7 +20,8 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	ln -sf $(CURDIR)/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
-dev: install $(DAGSTER_HOME)/dagster.yaml ## migrate + seed the local database, then start the UI and daemon
+dev: install $(DAGSTER_HOME)/dagster.yaml ## stand in for the platform's tables, migrate + seed, then start the UI and daemon
+	$(BIN)/alianza-jobs db platform-stand-in
 	$(BIN)/alianza-jobs db upgrade
 	$(BIN)/alianza-jobs db seed-demo --if-empty
 	$(BIN)/dagster dev -w workspace.yaml -h $(HOST) -p $(PORT)

@@ -41,6 +41,8 @@ from alianza_jobs.clients.http import (
 from alianza_jobs.clients.resend import ResendClient
 from alianza_jobs.clients.stream import StreamClient
 from alianza_jobs.db.engine import create_engine, session_factory
+from alianza_jobs.db.platform_tables import PlatformTables, platform_tables
+from alianza_jobs.db.schema_map import SchemaMap, load_schema_map
 from alianza_jobs.emulators.constants import (
     EMULATOR_ACCOUNT_ID,
     EMULATOR_API_KEY,
@@ -63,15 +65,35 @@ class Database(dg.ConfigurableResource):  # type: ignore[type-arg]  # generic in
         )
     )
     echo: bool = Field(default=False, description="Log every SQL statement (debugging only).")
+    schema_map: str | None = Field(
+        default=None,
+        description=(
+            "ALIANZA_SCHEMA_MAP: a YAML file naming the platform's tables, columns and status "
+            "values the jobs use; unset, the local stand-in's names."
+        ),
+    )
+    jobs_schema: str | None = Field(
+        default=None,
+        description="ALIANZA_DB_SCHEMA: the Postgres schema of the jobs' own tables.",
+    )
 
     @asynccontextmanager
     async def engine(self) -> AsyncIterator[AsyncEngine]:
         """A new engine, disposed (its connections closed) on exit, also when the op is cancelled."""
-        engine = create_engine(self.url, echo=self.echo)
+        engine = create_engine(self.url, echo=self.echo, jobs_schema=self.jobs_schema)
         try:
             yield engine
         finally:
             await engine.dispose()
+
+    def platform_map(self) -> SchemaMap:
+        return load_schema_map(self.schema_map)
+
+    async def platform(self, engine: AsyncEngine) -> PlatformTables:
+        """The platform's tables, checked against the schema map: a database that does not hold
+        what the jobs write fails here, before a run claims anything."""
+        schema = "public" if self.jobs_schema else None
+        return await platform_tables(engine, self.platform_map(), schema=schema)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -357,9 +379,11 @@ class EmulatedResendEmail(ResendEmail):
 
 def _database(settings: Settings) -> Database:
     # The URL may carry a password: from the environment as EnvVar, so the UI shows the name only.
-    if settings.database_url_from_env:
-        return Database(url=EnvVar("DATABASE_URL"))
-    return Database(url=settings.database_url)
+    # Read now, so a map that cannot be used fails the code location's load, naming the file and
+    # the key, rather than the first run that reaches the database.
+    load_schema_map(settings.schema_map_path)
+    url = EnvVar("DATABASE_URL") if settings.database_url_from_env else settings.database_url
+    return Database(url=url, schema_map=settings.schema_map_path, jobs_schema=settings.db_schema)
 
 
 def _stream(settings: Settings) -> CloudflareStream:

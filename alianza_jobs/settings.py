@@ -59,12 +59,15 @@ ENV_VARIABLES = (
     "ALERT_WEBHOOK_URL",
     "DAGSTER_WEBSERVER_URL",
     "REPORTS_DIR",
+    "ALIANZA_SCHEMA_MAP",
+    "ALIANZA_DB_SCHEMA",
 )
 DEFAULT_CLOUDFLARE_API_BASE_URL = "https://api.cloudflare.com/client/v4"
 DEFAULT_RESEND_API_BASE_URL = "https://api.resend.com"
 DEFAULT_EMAIL_FROM = "Alianza <jobs@alianza.local>"
 CRON_OVERRIDE_PREFIX = "ALIANZA_CRON_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+DB_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -107,6 +110,12 @@ class Settings:
     """ALERT_WEBHOOK_URL is set (its value embeds a credential and is not kept here)."""
     dagster_home_from_env: bool = False
     """DAGSTER_HOME is set, rather than defaulted to ``.alianza/dagster_home``."""
+    schema_map_path: str | None = None
+    """``ALIANZA_SCHEMA_MAP``: the YAML schema map of the platform's tables (None: the default).
+    Read by the database resource (``alianza_jobs.db.schema_map``), which fails the load naming
+    the file and the key when it cannot be used."""
+    db_schema: str | None = None
+    """The Postgres schema of the jobs' own tables (``ALIANZA_DB_SCHEMA``); None: the default."""
 
     @property
     def is_local(self) -> bool:
@@ -268,6 +277,17 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     ):
         _check_http_url(env_vars, name)
 
+    schema_map_path = env_vars.get("ALIANZA_SCHEMA_MAP", "").strip() or None
+    db_schema = env_vars.get("ALIANZA_DB_SCHEMA", "").strip() or None
+    if db_schema is not None:
+        if not DB_SCHEMA_NAME.fullmatch(db_schema):
+            raise SettingsError(
+                f"ALIANZA_DB_SCHEMA={db_schema!r} is not a plain schema name "
+                "(lower-case letters, digits and _, at most 63, not starting with a digit)"
+            )
+        if not database_url.startswith("postgresql"):
+            raise SettingsError("ALIANZA_DB_SCHEMA is for Postgres; DATABASE_URL is not Postgres")
+
     return Settings(
         env=env,
         dagster_home=dagster_home,
@@ -300,6 +320,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         database_url_from_env=bool(raw_db_url),
         alert_webhook_configured=bool(env_vars.get("ALERT_WEBHOOK_URL", "").strip()),
         dagster_home_from_env=bool(env_vars.get("DAGSTER_HOME", "").strip()),
+        schema_map_path=schema_map_path,
+        db_schema=db_schema,
     )
 
 

@@ -1,5 +1,11 @@
 """``python -m benchmarks [--smoke] [--repeat N] [--only WORKLOAD] [--backend sqlite|postgres|both]
-[--out DIR] [--merge]``: run the benchmark suite and write ``latest.json`` and ``latest.md``.
+[--schema default|drizzle|both] [--out DIR] [--merge]``: run the benchmark suite and write
+``latest.json`` and ``latest.md``.
+
+``--schema``: which platform schema the video and email queues' data is in: the local stand-in
+(``default``), the tables the platform's Drizzle ORM makes (``drizzle``: Postgres only, read
+through its schema map), or each in turn (``both``). Workloads that have no Drizzle variant run
+on the default schema only, and are left out of a ``drizzle``-only run.
 
 Exit status: 0 when every run succeeded and left the right end state, 1 when one did not (the
 results are written either way), 2 for a usage error (such as Postgres asked for but not there).
@@ -22,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import (
+    PLATFORM_SCHEMAS,
     REPO,
     Databases,
+    PlatformSchema,
     PostgresDatabases,
     Quiet,
     SqliteDatabases,
@@ -35,7 +43,7 @@ from benchmarks.harness import (
     write_atomically,
 )
 from benchmarks.report import render
-from benchmarks.workloads import WORKLOADS
+from benchmarks.workloads import WORKLOADS, Workload
 from benchmarks.workloads.base import Context
 from benchmarks.workloads.summary import summarize
 
@@ -57,6 +65,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="run only this workload (repeatable)",
     )
     parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument(
+        "--schema",
+        choices=[*PLATFORM_SCHEMAS, "both"],
+        default="default",
+        help="the platform schema of the video and email queues' data: the stand-in (default), "
+        "the Drizzle-made one (Postgres only), or both side by side",
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -95,6 +110,19 @@ def _backends(choice: str) -> list[str]:
     return ["sqlite", "postgres"] if choice == "both" else [choice]
 
 
+def _schemas(choice: str) -> list[str]:
+    return list(PLATFORM_SCHEMAS) if choice == "both" else [choice]
+
+
+def _runs_on(workload: Workload, backend: str, schemas: Sequence[str]) -> list[PlatformSchema]:
+    """The platform schemas ``workload`` runs on, on ``backend``, of those asked for."""
+    return [
+        PLATFORM_SCHEMAS[name]
+        for name in schemas
+        if name in workload.schemas and backend in PLATFORM_SCHEMAS[name].backends
+    ]
+
+
 def _databases(backend: str, work_dir: Path) -> Databases:
     if backend == "sqlite":
         return SqliteDatabases(work_dir / "sqlite")
@@ -120,9 +148,17 @@ def _targets(summaries: Sequence[dict[str, Any]], backends: Sequence[str]) -> li
     out: list[dict[str, Any]] = []
     for name, workload in WORKLOADS.items():
         for backend in backends:
-            mine = [s for s in summaries if s["workload"] == name and s["backend"] == backend]
-            if mine:
-                out += [t.as_dict() for t in workload.targets(backend, mine)]
+            for schema in PLATFORM_SCHEMAS:
+                mine = [
+                    s
+                    for s in summaries
+                    if s["workload"] == name
+                    and s["backend"] == backend
+                    and s.get("schema", "default") == schema
+                ]
+                if mine:
+                    targets = workload.targets(backend, mine)
+                    out += [{**t.as_dict(), "schema": schema} for t in targets]
     return out
 
 
@@ -130,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     selected = [WORKLOADS[name] for name in (args.only or WORKLOADS)]
     backends = _backends(args.backend)
+    schemas = _schemas(args.schema)
     notes: list[str] = list(args.note)
     if "postgres" in backends:
         problem = PostgresDatabases.available()
@@ -141,6 +178,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 print(f"error: Postgres not available: {problem}", file=sys.stderr)
                 return 2
+    if not any(_runs_on(w, b, schemas) for w in selected for b in backends):
+        print(
+            f"error: nothing to run: --schema {args.schema} on {', '.join(backends)} "
+            f"for {', '.join(w.name for w in selected)}",
+            file=sys.stderr,
+        )
+        return 2
     out_dir: Path = args.out or (
         Path(tempfile.mkdtemp(prefix="alianza-bench-smoke-")) if args.smoke else RESULTS_DIR
     )
@@ -156,26 +200,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_start = load1()
     _log(
         f"benchmarks: {', '.join(w.name for w in selected)} on {', '.join(backends)}, "
-        f"{args.repeat} repetition(s); scratch {work_dir}"
+        f"platform schema {', '.join(schemas)}, {args.repeat} repetition(s); scratch {work_dir}"
     )
     measurements: list[dict[str, Any]] = []
+    ran_schemas: set[str] = set()
+    ran: list[Workload] = []
     try:
         for workload in selected:
             for backend in backends:
+                on = _runs_on(workload, backend, schemas)
+                if not on:
+                    _log(f"{workload.name} on {backend}: not on schema {', '.join(schemas)}")
+                    continue
                 home = dagster_home(work_dir / f"dagster_home-{backend}")
                 databases = _databases(backend, work_dir)
-                _log(f"{workload.name} on {backend}")
                 try:
-                    ctx = Context(
-                        databases=databases,
-                        work_dir=work_dir,
-                        dagster_home=home,
-                        repeat=args.repeat,
-                        smoke=args.smoke,
-                        quiet=quiet,
-                        log=_log,
-                    )
-                    measurements += [m.as_dict() for m in workload.execute(ctx)]
+                    for schema in on:
+                        _log(f"{workload.name} on {backend}, {schema.name} platform schema")
+                        ctx = Context(
+                            databases=databases,
+                            work_dir=work_dir,
+                            dagster_home=home,
+                            repeat=args.repeat,
+                            smoke=args.smoke,
+                            quiet=quiet,
+                            log=_log,
+                            schema=schema,
+                        )
+                        measurements += [m.as_dict() for m in workload.execute(ctx)]
+                        ran_schemas.add(schema.name)
+                        if workload not in ran:
+                            ran.append(workload)
                 finally:
                     databases.close()
     finally:
@@ -190,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "smoke": args.smoke,
         "repeat": args.repeat,
         "backends": backends,
+        "schemas": [name for name in PLATFORM_SCHEMAS if name in ran_schemas],
         "duration_s": round(time.monotonic() - started, 1),
         "machine": machine_info(),
         "workloads": {
@@ -199,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "emulator": w.emulator.describe() if w.emulator else None,
                 "generated_at": started_at.isoformat(timespec="seconds"),
             }
-            for w in selected
+            for w in ran
         },
         "notes": notes,
     }
@@ -220,12 +276,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _merge(
     old: dict[str, Any], new: dict[str, Any], measurements: list[dict[str, Any]]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The old results with the (workload, backend) pairs just measured replaced by the new ones."""
-    fresh = {(m["workload"], m["backend"]) for m in measurements}
-    kept = [m for m in old.get("measurements", []) if (m["workload"], m["backend"]) not in fresh]
+    """The old results with the (workload, backend, schema) triples just measured replaced by the
+    new ones (results from before ``--schema`` existed are on the default schema)."""
+
+    def where(m: dict[str, Any]) -> tuple[str, str, str]:
+        return m["workload"], m["backend"], m.get("schema", "default")
+
+    fresh = {where(m) for m in measurements}
+    kept = [m for m in old.get("measurements", []) if where(m) not in fresh]
     merged = dict(new)
     merged["workloads"] = {**old.get("workloads", {}), **new["workloads"]}
     merged["backends"] = sorted(set(old.get("backends", [])) | set(new["backends"]), reverse=True)
+    schemas = set(old.get("schemas", ["default"])) | set(new["schemas"])
+    merged["schemas"] = [name for name in PLATFORM_SCHEMAS if name in schemas]
     merged["notes"] = list(dict.fromkeys([*old.get("notes", []), *new["notes"]]))
     merged["duration_s"] = round(old.get("duration_s", 0.0) + new["duration_s"], 1)
     merged["command"] = f"{old.get('command', '?')}; {new['command']}"

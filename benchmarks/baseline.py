@@ -5,7 +5,12 @@ As the TypeScript package wrote them: ``processStreamingVideoQueue``, ``processE
 sequential loop with one request and one statement per row, each statement its own transaction
 (Drizzle outside ``db.transaction`` autocommits), a child logger per item. Same database, same
 engine settings (``alianza_jobs.db.engine.create_engine``: WAL, busy timeout), same
-emulator on the same socket as our jobs.
+emulator on the same socket as our jobs. It writes only what the TypeScript package wrote: the
+platform row's status and duration (videos), status, ``sent_at`` and error (emails); it has none of
+the jobs' bookkeeping tables. The platform's tables are reflected through the run's schema map
+(``ALIANZA_SCHEMA_MAP``, as our jobs read them), before the clock starts: Drizzle's schema is
+declared in the TypeScript package's code, not read at run time. The statuses are the platform's
+own values, which the TypeScript package wrote as they are.
 
 Where the TypeScript package leaves something out, the baseline gets the benefit of the doubt, so every ratio
 against it is, if anything, an understatement:
@@ -35,7 +40,11 @@ from sqlalchemy import delete as sql_delete
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from alianza_jobs.db.models import EmailQueue, EmailStatus, Streaming, UserSession
+from alianza_jobs.db.engine import create_engine
+from alianza_jobs.db.models import EmailStatus
+from alianza_jobs.db.platform_models import UserSession
+from alianza_jobs.db.platform_tables import PlatformTables, platform_tables
+from alianza_jobs.db.schema_map import load_schema_map
 
 BASELINE_EMAIL_LIMIT = 50  # processEmailQueue: findMany({ where: pending, limit: 50 })
 HTTP_TIMEOUT_S = 30.0
@@ -166,16 +175,21 @@ async def send_email(
 
 
 async def process_streaming_video_queue(
-    db: AsyncEngine, http: httpx.AsyncClient, account_id: str, logger: BaselineLogger
+    db: AsyncEngine,
+    tables: PlatformTables,
+    http: httpx.AsyncClient,
+    account_id: str,
+    logger: BaselineLogger,
 ) -> Counters:
     """``processStreamingVideoQueue``: one GET and (if settled) one UPDATE per queued video."""
     job_logger = logger.child(task="processStreamingVideoQueue")
     counters = Counters()
+    streamings = tables.streamings
     async with db.connect() as conn:
         processing_videos = (
             await conn.execute(
-                select(Streaming.id, Streaming.external_id, Streaming.status).where(
-                    Streaming.status == "queued", Streaming.provider == "cloudflare"
+                select(streamings.c.id, streamings.c.external_id, streamings.c.status).where(
+                    streamings.c.status == "queued", streamings.c.provider == "cloudflare"
                 )
             )
         ).all()
@@ -193,8 +207,8 @@ async def process_streaming_video_queue(
             if video_result.data.status == "ready":
                 async with db.begin() as conn:
                     await conn.execute(
-                        update(Streaming)
-                        .where(Streaming.id == video.id)
+                        update(streamings)
+                        .where(streamings.c.id == video.id)
                         .values(status="ready", duration=video_result.data.duration)
                     )
                 counters.statements += 1
@@ -202,7 +216,7 @@ async def process_streaming_video_queue(
             elif video_result.data.status == "error":
                 async with db.begin() as conn:
                     await conn.execute(
-                        update(Streaming).where(Streaming.id == video.id).values(status="error")
+                        update(streamings).where(streamings.c.id == video.id).values(status="error")
                     )
                 counters.statements += 1
                 video_logger.warn("Video marked as error")
@@ -213,23 +227,27 @@ async def process_streaming_video_queue(
     return counters
 
 
-async def mark_email_as_sent(db: AsyncEngine, email_id: int, counters: Counters) -> None:
+async def mark_email_as_sent(
+    db: AsyncEngine, tables: PlatformTables, email_id: str, counters: Counters
+) -> None:
+    emails = tables.email_queue
     async with db.begin() as conn:
         await conn.execute(
-            update(EmailQueue)
-            .where(EmailQueue.id == email_id)
+            update(emails)
+            .where(emails.c.id == email_id)
             .values(status=EmailStatus.SENT.value, sent_at=datetime.now(UTC))
         )
     counters.statements += 1
 
 
 async def mark_email_as_failed(
-    db: AsyncEngine, email_id: int, message: str, counters: Counters
+    db: AsyncEngine, tables: PlatformTables, email_id: str, message: str, counters: Counters
 ) -> None:
+    emails = tables.email_queue
     async with db.begin() as conn:
         await conn.execute(
-            update(EmailQueue)
-            .where(EmailQueue.id == email_id)
+            update(emails)
+            .where(emails.c.id == email_id)
             .values(status=EmailStatus.FAILED.value, last_error=message)
         )
     counters.statements += 1
@@ -237,17 +255,19 @@ async def mark_email_as_failed(
 
 async def process_email_queue(
     db: AsyncEngine,
+    tables: PlatformTables,
     http: httpx.AsyncClient,
     email_from: str,
     logger: BaselineLogger,
     counters: Counters,
 ) -> int:
     """``processEmailQueue``: up to 50 pending emails, one POST and one UPDATE each."""
+    queue = tables.email_queue
     async with db.connect() as conn:
         emails = (
             await conn.execute(
-                select(EmailQueue.__table__)
-                .where(EmailQueue.status == EmailStatus.PENDING.value)
+                select(queue)
+                .where(queue.c.status == EmailStatus.PENDING.value)
                 .limit(BASELINE_EMAIL_LIMIT)
             )
         ).all()
@@ -257,22 +277,26 @@ async def process_email_queue(
         counters.processed += 1
         try:
             await send_email(http, email, email_from, counters)
-            await mark_email_as_sent(db, email.id, counters)
+            await mark_email_as_sent(db, tables, email.id, counters)
             counters.success += 1
         except Exception as error:
             logger.error("Failed to send email", error, emailId=email.id)
-            await mark_email_as_failed(db, email.id, str(error), counters)
+            await mark_email_as_failed(db, tables, email.id, str(error), counters)
             counters.failed += 1
     return len(emails)
 
 
 async def drain_email_queue(
-    db: AsyncEngine, http: httpx.AsyncClient, email_from: str, logger: BaselineLogger
+    db: AsyncEngine,
+    tables: PlatformTables,
+    http: httpx.AsyncClient,
+    email_from: str,
+    logger: BaselineLogger,
 ) -> Counters:
     """Call ``processEmailQueue`` back to back (one cron tick each) until nothing is pending."""
     counters = Counters()
     ticks = 0
-    while await process_email_queue(db, http, email_from, logger, counters):
+    while await process_email_queue(db, tables, http, email_from, logger, counters):
         ticks += 1
     counters.extra["ticks"] = ticks
     return counters
@@ -309,24 +333,37 @@ def http_client(base_url: str, token: str) -> httpx.AsyncClient:
     )
 
 
+async def reflect(database_url: str, schema_map_path: str | None) -> PlatformTables:
+    """The platform's tables through the schema map, on an engine of their own (disposed), so the
+    measured run opens its connections exactly as it did before anything was reflected."""
+    engine = create_engine(database_url)
+    try:
+        return await platform_tables(engine, load_schema_map(schema_map_path))
+    finally:
+        await engine.dispose()
+
+
 async def run(task: str, *, database_url: str, env: dict[str, str]) -> tuple[Counters, float]:
     """Run one baseline task against ``database_url``; returns its counters and wall seconds."""
-    from alianza_jobs.db.engine import create_engine
-
     logger = BaselineLogger()
+    tables: PlatformTables | None = None
+    if task != "cleanup_expired_sessions":
+        tables = await reflect(database_url, env.get("ALIANZA_SCHEMA_MAP") or None)
     started = time.perf_counter()
     db = create_engine(database_url)
     try:
         if task == "process_streaming_video_queue":
+            assert tables is not None
             async with http_client(
                 env["CLOUDFLARE_API_BASE_URL"], env["CLOUDFLARE_STREAM_API_TOKEN"]
             ) as http:
                 counters = await process_streaming_video_queue(
-                    db, http, env["CLOUDFLARE_ACCOUNT_ID"], logger
+                    db, tables, http, env["CLOUDFLARE_ACCOUNT_ID"], logger
                 )
         elif task == "process_email_queue":
+            assert tables is not None
             async with http_client(env["RESEND_API_BASE_URL"], env["RESEND_API_KEY"]) as http:
-                counters = await drain_email_queue(db, http, env["EMAIL_FROM"], logger)
+                counters = await drain_email_queue(db, tables, http, env["EMAIL_FROM"], logger)
         elif task == "cleanup_expired_sessions":
             counters = await cleanup_expired_sessions(db, logger)
         else:

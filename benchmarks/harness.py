@@ -7,6 +7,9 @@
 * :class:`Databases`: a migrated, populated *template* per workload and size, and a fresh copy of
   it for every measured run (SQLite: a file copy; Postgres: ``CREATE DATABASE ... TEMPLATE``), so
   the baseline and our job see byte-identical data. Everything created is dropped on exit.
+* :class:`PlatformSchema`: which platform tables a template gets before the jobs' migrations (the
+  local stand-in, or the schema the platform's Drizzle ORM makes) and the schema map the jobs and
+  the baseline read them through.
 * :func:`run_process`: one measured run in a child process. Its CPU time comes from ``os.wait4``
   (the kernel's accounting of that child alone), its peak RSS and the job's own wall time from the
   child's report (``VmHWM`` of its own address space, see ``benchmarks.child``). Around it we measure how much CPU *other* processes used: the machine is shared
@@ -41,11 +44,16 @@ import httpx
 import psutil
 import psycopg
 from psycopg import sql
+from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from alianza_jobs.db import migrate
 from alianza_jobs.db.engine import create_engine
+from alianza_jobs.db.platform_models import create_stand_in, platform_metadata
+from alianza_jobs.db.platform_tables import PlatformTables, platform_tables
+from alianza_jobs.db.schema_map import SchemaMap, load_schema_map
 from alianza_jobs.settings import ENV_VARIABLES
+from alianza_jobs_tests.db.helpers import DRIZZLE_SCHEMA_MAP, create_drizzle_platform_schema
 
 REPO = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get(
@@ -409,14 +417,72 @@ def _wait_for_health(root: str, proc: subprocess.Popen[bytes], timeout_s: float)
     raise TimeoutError(f"the emulator at {root} never answered its health route")
 
 
+# -- platform schemas ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlatformSchema:
+    """The platform's tables a database starts with, and the map they are read through.
+
+    ``default``: the local stand-in (``alianza_jobs.db.platform_models``), the default map.
+    ``drizzle``: the tables the platform's Drizzle ORM creates (uuid ids, enum statuses, text
+    durations, an email queue with ``to``/``from``/``error``), the tests' map for them; Postgres
+    only, as the platform is.
+    """
+
+    name: str
+    description: str
+    schema_map_path: str | None
+    """``ALIANZA_SCHEMA_MAP`` for the runs on it (None: the default map)."""
+    backends: tuple[str, ...]
+
+    def schema_map(self) -> SchemaMap:
+        return load_schema_map(self.schema_map_path)
+
+    async def tables(self, engine: AsyncEngine) -> PlatformTables:
+        """The platform tables on ``engine``, reflected and keyed by the jobs' names."""
+        return await platform_tables(engine, self.schema_map())
+
+    def insert_into(self, tables: PlatformTables, key: str) -> Table:
+        """Where a workload inserts the rows of platform table ``key`` (keyed by the jobs' names).
+
+        The stand-in's own declared table on the default schema: its reflection cannot take an
+        INSERT on Postgres (the BIGINT id, reflected as ``PlatformKey`` with autoincrement=True,
+        raises ``ArgumentError``). The stand-in's columns are named as the jobs name them, so the
+        same rows fit both.
+        """
+        if self.name == "default":
+            return platform_metadata.tables[key]
+        return getattr(tables, key)  # type: ignore[no-any-return]
+
+    async def create(self, engine: AsyncEngine, url: str) -> None:
+        if self.name == "drizzle":
+            create_drizzle_platform_schema(url)
+        else:
+            await create_stand_in(engine)
+
+
+DEFAULT_SCHEMA = PlatformSchema(
+    "default", "the local stand-in (default schema map)", None, ("sqlite", "postgres")
+)
+DRIZZLE_SCHEMA = PlatformSchema(
+    "drizzle",
+    "the Drizzle-made platform schema (alianza_jobs_tests/db/drizzle)",
+    str(DRIZZLE_SCHEMA_MAP),
+    ("postgres",),
+)
+PLATFORM_SCHEMAS = {s.name: s for s in (DEFAULT_SCHEMA, DRIZZLE_SCHEMA)}
+
+
 # -- databases -------------------------------------------------------------------------------------
 
 Populate = Callable[[AsyncEngine], Awaitable[Any]]
 
 
-async def _populate(url: str, populate: Populate) -> Any:
+async def _populate(url: str, populate: Populate, schema: PlatformSchema) -> Any:
     engine = create_engine(url)
     try:
+        await schema.create(engine, url)
         await migrate.upgrade(engine)
         result = await populate(engine)
         if engine.dialect.name == "postgresql":
@@ -437,8 +503,11 @@ class Databases(ABC):
     backend: str
 
     @abstractmethod
-    def template(self, key: str, populate: Populate) -> Any:
-        """Create the template ``key`` (migrated, then ``populate``d); returns what populate did."""
+    def template(
+        self, key: str, populate: Populate, schema: PlatformSchema = DEFAULT_SCHEMA
+    ) -> Any:
+        """Create the template ``key`` (``schema``'s platform tables, the jobs' migrations, then
+        ``populate``d); returns what populate did."""
 
     @abstractmethod
     def copy(self, key: str) -> contextlib.AbstractContextManager[str]:
@@ -470,10 +539,14 @@ class SqliteDatabases(Databases):
     def _template_path(self, key: str) -> Path:
         return self.directory / f"{key}.template.db"
 
-    def template(self, key: str, populate: Populate) -> Any:
+    def template(
+        self, key: str, populate: Populate, schema: PlatformSchema = DEFAULT_SCHEMA
+    ) -> Any:
+        if self.backend not in schema.backends:
+            raise ValueError(f"the {schema.name} platform schema is not made on {self.backend}")
         path = self._template_path(key)
         _remove_sqlite(path)
-        result = asyncio.run(_populate(f"sqlite:///{path}", populate))
+        result = asyncio.run(_populate(f"sqlite:///{path}", populate, schema))
         # Fold the WAL into the main file, so copying that one file copies every row.
         with contextlib.closing(sqlite3.connect(path)) as conn:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -527,14 +600,16 @@ class PostgresDatabases(Databases):
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             conn.execute(statement)
 
-    def template(self, key: str, populate: Populate) -> Any:
+    def template(
+        self, key: str, populate: Populate, schema: PlatformSchema = DEFAULT_SCHEMA
+    ) -> Any:
         name = f"{self._tag}_{key}"[:63]
         if name in self.templates.values():
             self._drop(name)
         self._admin(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         self.created.append(name)
         self.templates[key] = name
-        return asyncio.run(_populate(self._url(name), populate))
+        return asyncio.run(_populate(self._url(name), populate, schema))
 
     @contextlib.contextmanager
     def copy(self, key: str) -> Iterator[str]:

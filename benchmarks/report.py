@@ -17,9 +17,13 @@ loopback socket) alternating with the TypeScript package's loop (`benchmarks/bas
 run itself (Dagster's run machinery included for ours; interpreter start-up and imports excluded
 for both, see *code location* for those); *op* is our op alone, inside that run. *Rows/s* = rows drained / wall. *API calls* are the
 requests the emulator served (429s included). *Peak RSS* is the child's own (`VmHWM`). The
-*ratio* is our rows/s over the baseline's rows/s on the same backend; the baseline runs at the
+*ratio* is our rows/s over the baseline's rows/s on the same backend and schema; the baseline runs at the
 smaller size the issue gives it (its throughput is per row and does not improve with size).
 *Others* is how many cores processes outside the run used meanwhile (the machine is shared).
+*Schema* is the platform schema the run's data was in: `default`, the jobs' local stand-in for the
+platform's tables; `drizzle`, the tables the platform's Drizzle ORM makes (uuid ids, enum
+statuses, text durations, the email queue's `to`/`from`/`error`), read through its schema map by
+our job and the baseline alike (Postgres only). Ratios compare runs on the same schema.
 """
 
 
@@ -47,9 +51,9 @@ def _range(summary: Mapping[str, Any], metric: str, digits: int = 2) -> str:
 
 def _workload_table(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = [
-        "| backend | run | size | ok | wall s | op s | rows/s | API calls | calls/row | 429s "
-        "| peak RSS MB | ratio | others (cores) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| backend | schema | run | size | ok | wall s | op s | rows/s | API calls | calls/row "
+        "| 429s | peak RSS MB | ratio | others (cores) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in summaries:
         ratio = s.get("ratio_to_baseline")
@@ -58,7 +62,8 @@ def _workload_table(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
             ratio_text += f" (vs baseline @ {s['baseline_size']:,})"
         med = s["median"]
         lines.append(
-            f"| {s['backend']} | {s['case']} | {_num(s['size'])} | {s['ok']}/{s['runs']} "
+            f"| {s['backend']} | {_schema(s)} | {s['case']} | {_num(s['size'])} "
+            f"| {s['ok']}/{s['runs']} "
             f"| {_range(s, 'wall_s', 3)} | {_num(med.get('op_s'), 3)} "
             f"| {_num(med.get('rows_per_s'), 1)} "
             f"| {_num(med.get('api_calls'), 0)} | {_num(med.get('api_calls_per_row'), 4)} "
@@ -68,8 +73,16 @@ def _workload_table(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
     errors = [(s, e) for s in summaries for e in s["errors"]]
     for s, error in errors:
         lines.append("")
-        lines.append(f"- {s['backend']} {s['case']} @ {_num(s['size'])}: **failed**: {error}")
+        lines.append(
+            f"- {s['backend']} ({_schema(s)} schema) {s['case']} @ {_num(s['size'])}: "
+            f"**failed**: {error}"
+        )
     return lines
+
+
+def _schema(summary: Mapping[str, Any]) -> str:
+    """The platform schema a figure came from (results from before it was recorded: default)."""
+    return str(summary.get("schema", "default"))
 
 
 def _code_location_table(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -96,6 +109,7 @@ def render(results: Mapping[str, Any]) -> str:
         "",
         f"Generated {results['generated_at']} by `{results['command']}`: "
         f"{results['repeat']} repetition(s), backends {', '.join(results['backends'])}, "
+        f"platform schemas {', '.join(results.get('schemas', ['default']))}, "
         f"{results['duration_s']:,.0f} s in all.",
         "",
         "## Machine",
@@ -135,8 +149,8 @@ def render(results: Mapping[str, Any]) -> str:
         "",
         "## Targets",
         "",
-        "| target | backend | value | wanted | met |",
-        "|---|---|---:|---:|---|",
+        "| target | backend | schema | value | wanted | met |",
+        "|---|---|---|---:|---:|---|",
     ]
     for t in results["targets"]:
         met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]
@@ -144,7 +158,8 @@ def render(results: Mapping[str, Any]) -> str:
         note = f" ({t['note']})" if t["note"] else ""
         digits = 4 if not t["unit"] else (1 if t["unit"] in ("x", "MB", "s") else 0)
         lines.append(
-            f"| {t['name']}{note} | {t['backend']} | {_num(t['value'], digits)}{unit} "
+            f"| {t['name']}{note} | {t['backend']} | {_schema(t)} "
+            f"| {_num(t['value'], digits)}{unit} "
             f"| {t['comparison']} {_num(t['threshold'], digits)}{unit} | {met} |"
         )
     if results["smoke"]:

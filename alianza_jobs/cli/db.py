@@ -17,10 +17,11 @@ from alianza_jobs.db import migrate
 from alianza_jobs.db.demo import has_users, seed_demo
 from alianza_jobs.db.engine import create_engine
 from alianza_jobs.db.platform_check import check_platform
-from alianza_jobs.db.schema_map import SHAPES, default_map
+from alianza_jobs.db.platform_models import create_stand_in
+from alianza_jobs.db.schema_map import SHAPES, SchemaMapError, load_schema_map
 from alianza_jobs.emulators import StreamEmulator, VideoSpec
 from alianza_jobs.redaction import redact
-from alianza_jobs.settings import SettingsError, load_settings, mask_url
+from alianza_jobs.settings import Settings, SettingsError, load_settings, mask_url
 
 T = TypeVar("T")
 
@@ -33,13 +34,11 @@ class _UsageError(click.ClickException):
 
 def _run(action: Callable[[AsyncEngine], Awaitable[T]]) -> tuple[T, str]:
     """Run ``action`` on an engine for ``DATABASE_URL``; returns its result and the masked URL."""
-    try:
-        url = load_settings().database_url
-    except SettingsError as exc:
-        raise _UsageError(str(exc)) from None
+    settings = _settings()
+    url = settings.database_url
 
     async def main() -> T:
-        engine = create_engine(url)
+        engine = create_engine(url, jobs_schema=settings.db_schema)
         try:
             return await action(engine)
         finally:
@@ -53,6 +52,13 @@ def _run(action: Callable[[AsyncEngine], Awaitable[T]]) -> tuple[T, str]:
         first_line = str(cause).strip().splitlines()
         reason = first_line[0] if first_line else type(exc).__name__
         raise click.ClickException(f"{mask_url(url)}: {redact(reason)}") from None
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        raise _UsageError(str(exc)) from None
 
 
 def _rev(revision: str | None) -> str:
@@ -75,14 +81,28 @@ def db_group() -> None:
 @click.argument("revision", default="head")
 def upgrade_command(revision: str) -> None:
     """Apply migrations up to REVISION (default: head). A no-op when already there."""
-    result, url = _run(lambda engine: migrate.upgrade(engine, revision))
+    schema = _settings().db_schema
+    result, url = _run(lambda engine: migrate.upgrade(engine, revision, schema=schema))
     _echo_migration(result, url, "upgraded")
+
+
+@db_group.command("platform-stand-in")
+def platform_stand_in_command() -> None:
+    """Create a local stand-in for the platform's tables (users, user_sessions, streamings,
+    email_queue) where they do not exist. For local use: a platform database has its own, which
+    this leaves exactly as they are."""
+    created, url = _run(create_stand_in)
+    if created:
+        click.echo(f"{url}: created the platform stand-in's {', '.join(created)}")
+    else:
+        click.echo(f"{url}: the platform's tables exist already, nothing to do")
 
 
 @db_group.command("downgrade")
 @click.argument("revision")
 def downgrade_command(revision: str) -> None:
-    """Revert migrations down to REVISION ('base' drops every table). Destroys data."""
+    """Revert migrations down to REVISION ('base' drops every table of the jobs; the platform's
+    stay). Destroys data."""
     result, url = _run(lambda engine: migrate.downgrade(engine, revision))
     _echo_migration(result, url, "downgraded")
 
@@ -103,8 +123,13 @@ def check_command() -> None:
     One line per problem: a table or column that does not exist, or whose type cannot hold what
     the jobs write (an enum lacking a status, an integer duration). Nothing is written.
     """
-    schema_map = default_map()
-    problems, url = _run(lambda engine: check_platform(engine, schema_map))
+    settings = _settings()
+    try:
+        schema_map = load_schema_map(settings.schema_map_path)
+    except SchemaMapError as exc:
+        raise _UsageError(str(exc)) from None
+    schema = "public" if settings.db_schema else None
+    problems, url = _run(lambda engine: check_platform(engine, schema_map, schema=schema))
     for problem in problems:
         click.echo(f"{url}: {problem}")
     if problems:
@@ -155,6 +180,7 @@ def seed_demo_command(
             raise click.ClickException(
                 "the database is not migrated: run `alianza-jobs db upgrade`"
             )
+        await create_stand_in(engine)
         if if_empty and await has_users(engine):
             return None
         data = await seed_demo(

@@ -1,19 +1,21 @@
 """Leases on queue rows: two runs (or a run and its zombie) never process one row at the same time.
 
-A row of a queue table (``streamings``, ``email_queue``) is *claimable* when it is due (the task says
-what due means) and its lease is free: ``locked_until`` is null or has passed. Claiming stamps
-``locked_until = now + lease`` and ``locked_by = owner`` (the Dagster run id) in one statement;
-:func:`write_rows` and :func:`release_held` finish or give back only rows this owner still holds.
-How each backend keeps claimers apart: docs/platform.md, "alianza_jobs.db.claims".
+A leased row (of the jobs' ``video_checks`` or ``email_deliveries``) is *claimable* when it is due
+(the queue says what due means) and its lease is free: ``locked_until`` is null or has passed. Each
+queue claims with a statement of its own (``defs/*/queue_sql.py``) that stamps ``locked_until = now
++ lease`` and ``locked_by = owner`` (the Dagster run id); :func:`write_rows` and
+:func:`release_held` here finish or give back only rows this owner still holds. Each function takes
+a model or its ``Table``; a row's key is the table's primary key, spelled ``id`` in the changes. How each backend keeps claimers apart: docs/platform.md,
+"alianza_jobs.db.claims".
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
@@ -27,14 +29,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.orm import InstrumentedAttribute
 
-from alianza_jobs.db.engine import session_factory
-from alianza_jobs.db.models import EmailQueue, Streaming
-from alianza_jobs.db.types import utcnow
+from alianza_jobs.db.models import EmailDelivery, VideoCheck
 from alianza_jobs.logs import TaskLogger
 
-Q = TypeVar("Q", Streaming, EmailQueue)
+Leased = type[VideoCheck] | type[EmailDelivery] | Table
+# Written in the same transaction as the leased rows, given the keys written (a platform row's
+# status beside its bookkeeping): both land, or neither does.
+AlsoWrite = Callable[[AsyncConnection, list[Any]], Awaitable[None]]
 
 # Postgres caps a statement at 65,535 bind parameters; stay well below it.
 MAX_PARAMS_PER_STATEMENT = 30_000
@@ -44,89 +46,48 @@ RELEASE_TIMEOUT_S = 15.0
 _LEASE_COLUMNS = ("locked_until", "locked_by")
 
 
-def lease_is_free(model: type[Q], now: datetime) -> ColumnElement[bool]:
+def lease_is_free(model: Leased, now: datetime) -> ColumnElement[bool]:
     """Nobody holds the row, or whoever did let the lease pass (crashed, timed out)."""
-    return or_(model.locked_until.is_(None), model.locked_until <= now)
+    table = _table(model)
+    return or_(table.c.locked_until.is_(None), table.c.locked_until <= now)
 
 
-def held_by(model: type[Q], owner: str) -> ColumnElement[bool]:
-    return model.locked_by == owner
-
-
-async def claim_rows(
-    engine: AsyncEngine,
-    model: type[Q],
-    *,
-    owner: str,
-    lease: timedelta,
-    limit: int,
-    due: ColumnElement[bool],
-    order_by: Sequence[ColumnElement[Any] | InstrumentedAttribute[Any]] = (),
-    values: Mapping[str, Any] | None = None,
-    now: datetime | None = None,
-) -> list[Q]:
-    """Atomically claim up to ``limit`` due rows whose lease is free; commit; return them by id.
-
-    ``values`` are set on the claimed rows as well (``{"status": "sending"}``). A task whose claim
-    moves rows out of their due state must include that state (with an expired lease) in ``due``,
-    or a crashed run's rows are never claimed again: e.g. ``status IN ('pending', 'sending')``.
-    ``now`` is for tests; the lease is measured against the caller's clock.
-    """
-    if limit <= 0:
-        return []
-    now = now or utcnow()
-    candidates = (
-        select(model.id)
-        .where(due, lease_is_free(model, now))
-        .order_by(*(order_by or (model.id,)))
-        .limit(limit)
-        # Compiles to nothing on SQLite, where BEGIN IMMEDIATE already serializes claimers.
-        .with_for_update(skip_locked=True)
-    )
-    stmt = (
-        update(model)
-        .where(model.id.in_(candidates))
-        .values(locked_until=now + lease, locked_by=owner, **(values or {}))
-        .returning(model)
-        .execution_options(synchronize_session=False)
-    )
-    async with session_factory(engine)() as session, session.begin():
-        rows = list((await session.scalars(stmt)).all())
-    rows.sort(key=lambda row: row.id)
-    return rows
+def held_by(model: Leased, owner: str) -> ColumnElement[bool]:
+    return _table(model).c.locked_by == owner
 
 
 async def release_rows(
     engine: AsyncEngine,
-    model: type[Q],
+    model: Leased,
     *,
     owner: str,
-    ids: Collection[int] | None = None,
+    ids: Collection[Any] | None = None,
     values: Mapping[str, Any] | None = None,
 ) -> int:
     """Give back rows still held by ``owner`` (all of them, or those in ``ids``); returns how many.
 
     ``values`` undo what the claim set (``{"status": "pending"}``).
     """
+    table = _table(model)
     changes = {**dict.fromkeys(_LEASE_COLUMNS), **(values or {})}
     released = 0
     async with engine.begin() as conn:
         if ids is None:
             result = await conn.execute(
-                update(model).where(held_by(model, owner)).values(**changes)
+                update(table).where(held_by(table, owner)).values(**changes)
             )
             return int(result.rowcount or 0)
         id_list = sorted(ids)
         for chunk in _chunks(id_list, MAX_PARAMS_PER_STATEMENT):
             result = await conn.execute(
-                update(model).where(held_by(model, owner), model.id.in_(chunk)).values(**changes)
+                update(table).where(held_by(table, owner), _key(table).in_(chunk)).values(**changes)
             )
             released += int(result.rowcount or 0)
     return released
 
 
 async def release_held(
-    engine: AsyncEngine, model: type[Q], *, owner: str, log: TaskLogger, done: str
+    engine: AsyncEngine, model: Leased, *, owner: str, log: TaskLogger, done: str
 ) -> int:
     """Give back every row still leased to ``owner``, as it is; returns how many (0 on failure).
 
@@ -158,19 +119,21 @@ async def release_held(
 
 async def write_rows(
     engine: AsyncEngine,
-    model: type[Q],
+    model: Leased,
     *,
     owner: str,
     changes: Sequence[Mapping[str, Any]],
     release: bool = True,
-) -> list[int]:
+    also: AlsoWrite | None = None,
+) -> list[Any]:
     """Write per-row changes (each a mapping with ``id``) in one transaction; returns the ids written.
 
     Only rows ``owner`` still holds are written: the ids missing from the answer were lost to an
     expired lease and another run now owns them. With ``release`` (the default) the lease is
     cleared in the same statement; without it the rows stay claimed (e.g. stamping a batch's
     idempotency key before sending it). Rows may change different columns: rows changing the same
-    set of columns go in one statement.
+    set of columns go in one statement. ``also`` runs in the same transaction, after, with the ids
+    written.
     """
     if not changes:
         return []
@@ -182,7 +145,7 @@ async def write_rows(
         row = {**change, **extra}
         groups.setdefault(tuple(sorted(k for k in row if k != "id")), []).append(row)
     table = _table(model)
-    written: list[int] = []
+    written: list[Any] = []
     async with engine.begin() as conn:
         bulk_update = (
             _update_from_arrays if conn.dialect.name == "postgresql" else _update_executemany
@@ -191,6 +154,8 @@ async def write_rows(
             mine = await _lock_owned(conn, table, owner, rows)
             if mine:
                 written += await bulk_update(conn, table, owner, columns, mine)
+        if also is not None and written:
+            await also(conn, written)
     return sorted(written)
 
 
@@ -214,25 +179,46 @@ async def _update_from_arrays(
     owner: str,
     columns: tuple[str, ...],
     rows: list[dict[str, Any]],
-) -> list[int]:
+) -> list[Any]:
     # `owner` is not filtered on again: _lock_owned kept only the rows it holds, locked by id.
     # A column every row sets to the same value (the cleared lease, `checked_at = now`) is one
     # plain parameter, not an array.
     constant: dict[str, Any] = {
         c: rows[0][c] for c in columns if all(row[c] == rows[0][c] for row in rows)
     }
+    key = _key(table)
     keys = ["id", *(c for c in columns if c not in constant)]
     arrays = [
-        bindparam(f"v_{k}", [row[k] for row in rows], type_=ARRAY(table.c[k].type)) for k in keys
+        bindparam(f"v_{k}", [row[k] for row in rows], type_=ARRAY(_column(table, k).type))
+        for k in keys
     ]
     data = func.unnest(*arrays).table_valued(*keys).render_derived(name="v")
     stmt = (
         update(table)
-        .where(table.c.id == data.c.id)  # owned: locked above, in this transaction
+        .where(key == data.c.id)  # owned: locked above, in this transaction
         .values({**{k: data.c[k] for k in keys[1:]}, **constant})
-        .returning(table.c.id)
+        .returning(key)
     )
     return list((await conn.scalars(stmt)).all())
+
+
+async def update_by_key(
+    conn: AsyncConnection, table: Table, columns: Sequence[str], rows: list[dict[str, Any]]
+) -> None:
+    """Per-row values (each row a mapping with ``id`` and every one of ``columns``) for rows the
+    caller already holds: a platform row beside its leased bookkeeping row. The bulk forms of
+    :func:`write_rows` (unnest on Postgres), without the ownership filter."""
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        await _update_from_arrays(conn, table, "", tuple(columns), rows)
+        return
+    stmt = (
+        update(table)
+        .where(_key(table) == bindparam("_id"))
+        .values({c: bindparam(f"_{c}") for c in columns})
+    )
+    await conn.execute(stmt, [{f"_{k}": v for k, v in row.items()} for row in rows])
 
 
 async def _lock_owned(
@@ -241,16 +227,17 @@ async def _lock_owned(
     """The rows ``owner`` still holds, locked until the transaction ends (FOR UPDATE; on SQLite
     the write lock BEGIN IMMEDIATE took), so the write that follows needs no ownership filter."""
     ids = [row["id"] for row in rows]
+    key = _key(table)
     conditions: list[ColumnElement[bool]]
     if conn.dialect.name == "postgresql":
         # One array parameter: a constant statement, and an index scan on the primary key.
-        id_array = bindparam("owned_ids", ids, type_=ARRAY(table.c.id.type))
-        conditions = [table.c.id == any_(id_array)]
+        id_array = bindparam("owned_ids", ids, type_=ARRAY(key.type))
+        conditions = [key == any_(id_array)]
     else:
-        conditions = [table.c.id.in_(chunk) for chunk in _chunks(ids, MAX_PARAMS_PER_STATEMENT)]
-    owned: set[int] = set()
+        conditions = [key.in_(chunk) for chunk in _chunks(ids, MAX_PARAMS_PER_STATEMENT)]
+    owned: set[Any] = set()
     for condition in conditions:
-        owned_now = select(table.c.id).where(condition, table.c.locked_by == owner)
+        owned_now = select(key).where(condition, table.c.locked_by == owner)
         owned.update((await conn.scalars(owned_now.with_for_update())).all())
     return [row for row in rows if row["id"] in owned]
 
@@ -261,20 +248,29 @@ async def _update_executemany(
     owner: str,
     columns: tuple[str, ...],
     rows: list[dict[str, Any]],
-) -> list[int]:
+) -> list[Any]:
     stmt = (
         update(table)
-        .where(table.c.id == bindparam("_id"), table.c.locked_by == owner)
+        .where(_key(table) == bindparam("_id"), table.c.locked_by == owner)
         .values({c: bindparam(f"_{c}") for c in columns})
     )
     await conn.execute(stmt, [{f"_{k}": v for k, v in row.items()} for row in rows])
     return [row["id"] for row in rows]
 
 
-def _table(model: type[Q]) -> Table:
-    table = model.__table__
+def _table(model: Leased) -> Table:
+    table = model if isinstance(model, Table) else model.__table__
     assert isinstance(table, Table)
     return table
+
+
+def _key(table: Table) -> Any:
+    """The row's key: ``id``, or ``streaming_id`` and the like on the jobs' bookkeeping tables."""
+    return next(iter(table.primary_key.columns))
+
+
+def _column(table: Table, name: str) -> Any:
+    return _key(table) if name == "id" else table.c[name]
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
@@ -283,10 +279,10 @@ def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 
 
 __all__ = [
-    "claim_rows",
     "held_by",
     "lease_is_free",
     "release_held",
     "release_rows",
+    "update_by_key",
     "write_rows",
 ]

@@ -17,14 +17,8 @@ from typing import Any
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from alianza_jobs.db.models import (
-    EmailQueue,
-    EmailStatus,
-    Streaming,
-    StreamingStatus,
-    User,
-    UserSession,
-)
+from alianza_jobs.db.models import EmailStatus, StreamingStatus
+from alianza_jobs.db.platform_models import EmailQueue, Streaming, User, UserSession
 from alianza_jobs.db.types import utcnow
 
 FIRST_NAMES = (
@@ -208,7 +202,6 @@ def _email(rng: random.Random, person: dict[str, Any], now: datetime) -> dict[st
         "html": html.format(first=first),
         "text": text.format(first=first),
         "status": EmailStatus.PENDING.value,
-        "next_attempt_at": created,
         "created_at": created,
         "updated_at": created,
     }

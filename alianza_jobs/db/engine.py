@@ -25,14 +25,22 @@ APPLICATION_NAME = "alianza-jobs"
 SQLITE_BEGIN_OPTION = "alianza_sqlite_begin"
 
 
-def create_engine(url: str, *, echo: bool = False, **engine_kwargs: Any) -> AsyncEngine:
-    """An async engine for a plain or async SQLAlchemy URL; the caller disposes of it."""
+def create_engine(
+    url: str, *, echo: bool = False, jobs_schema: str | None = None, **engine_kwargs: Any
+) -> AsyncEngine:
+    """An async engine for a plain or async SQLAlchemy URL; the caller disposes of it.
+
+    ``jobs_schema`` (Postgres; ``ALIANZA_DB_SCHEMA``): the schema of the jobs' own tables, first on
+    the search path, so they are created and found there while the platform's tables are found in
+    ``public`` as before.
+    """
     parsed = make_url(normalize_database_url(url))
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, echo=echo, **engine_kwargs)
     connect_args = {
         "application_name": APPLICATION_NAME,
         "connect_timeout": POSTGRES_CONNECT_TIMEOUT_S,
+        **({"options": f"-c search_path={jobs_schema},public"} if jobs_schema else {}),
         **engine_kwargs.pop("connect_args", {}),
     }
     return _create_async_engine(parsed, echo=echo, connect_args=connect_args, **engine_kwargs)

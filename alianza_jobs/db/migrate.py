@@ -26,6 +26,8 @@ from alianza_jobs.db.engine import create_engine
 from alianza_jobs.db.models import metadata
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+# Not Alembic's default `alembic_version`: the platform may keep its own Alembic history there.
+VERSION_TABLE = "alianza_jobs_version"
 # pg_advisory_xact_lock key: any constant nobody else uses; this is "alianzaM" as a big-endian int64.
 _PG_MIGRATION_LOCK = int.from_bytes(b"alianzaM", "big") - 2**63
 
@@ -56,7 +58,15 @@ def head_revision() -> str | None:
 
 
 def _current(connection: Connection) -> str | None:
-    return MigrationContext.configure(connection).get_current_revision()
+    return MigrationContext.configure(
+        connection, opts={"version_table": VERSION_TABLE}
+    ).get_current_revision()
+
+
+def include_name(name: str | None, type_: str, _parent_names: Any) -> bool:
+    """Only the jobs' own tables: the platform's share the database but are not ours to create,
+    alter or drop, and autogenerate must not propose dropping them for being absent here."""
+    return type_ != "table" or name in metadata.tables
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:
@@ -64,9 +74,13 @@ async def current_revision(engine: AsyncEngine) -> str | None:
         return await conn.run_sync(_current)
 
 
-async def upgrade(engine: AsyncEngine, revision: str = "head") -> MigrationResult:
-    """Bring the schema to ``revision`` (default: the newest); a no-op when it is there already."""
-    return await _migrate(engine, lambda config: command.upgrade(config, revision))
+async def upgrade(
+    engine: AsyncEngine, revision: str = "head", *, schema: str | None = None
+) -> MigrationResult:
+    """Bring the jobs' tables to ``revision`` (default: the newest); a no-op when they are there
+    already. ``schema``: the Postgres schema they live in (``ALIANZA_DB_SCHEMA``), created if
+    absent; the engine must put it first on its search path (``create_engine(jobs_schema=)``)."""
+    return await _migrate(engine, lambda config: command.upgrade(config, revision), schema)
 
 
 async def downgrade(engine: AsyncEngine, revision: str) -> MigrationResult:
@@ -100,17 +114,29 @@ async def schema_differences(engine: AsyncEngine, target: MetaData = metadata) -
     """What Alembic's autogenerate would change to make the database match ``target``."""
 
     def compare(connection: Connection) -> list[Any]:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        context = MigrationContext.configure(
+            connection,
+            opts={
+                "compare_type": True,
+                "version_table": VERSION_TABLE,
+                "include_name": include_name,
+            },
+        )
         return list(compare_metadata(context, target))
 
     async with engine.connect() as conn:
         return await conn.run_sync(compare)
 
 
-async def _migrate(engine: AsyncEngine, run: Callable[[Config], None]) -> MigrationResult:
+async def _migrate(
+    engine: AsyncEngine, run: Callable[[Config], None], schema: str | None = None
+) -> MigrationResult:
     def migrate(connection: Connection) -> MigrationResult:
         if connection.dialect.name == "postgresql":
             connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
+            if schema:
+                # A plain name (settings checked it), so quoting cannot be got wrong here.
+                connection.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
         before = _current(connection)
         run(alembic_config(connection))
         if connection.dialect.name == "sqlite":

@@ -1,8 +1,10 @@
-"""The application tables (the shared ``@alianza/database`` schema), as typed SQLAlchemy 2.x models.
+"""The jobs' own tables, as typed SQLAlchemy 2.x models: the only tables ``db upgrade`` creates.
 
-BIGINT ids, aware UTC timestamps, leases on the two queue tables, CHECK constraints on
-enumerated text; each index names its query. The conventions in full: docs/platform.md,
-"alianza_jobs.db.models".
+The platform's tables (``streamings``, ``email_queue``, ``users``, ``user_sessions``) belong to the
+platform's ORM; the jobs reach them through the schema map (``db.platform_tables``), and keep what
+the platform's rows have no column for here, keyed by the platform row's id. BIGINT ids, aware
+UTC timestamps, CHECK constraints on enumerated text; each index names its query. The conventions
+in full: docs/platform.md, "alianza_jobs.db.models".
 """
 
 from __future__ import annotations
@@ -12,12 +14,10 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
     Boolean,
     CheckConstraint,
     Date,
     Float,
-    ForeignKey,
     Index,
     Integer,
     MetaData,
@@ -43,6 +43,7 @@ NAMING_CONVENTION = {
 EMAIL_MAX = 320  # RFC 5321: 64 local part + @ + 255 domain
 OWNER_MAX = 128  # a lease owner: a Dagster run id (36 chars) plus room for a suffix
 STREAM_UID_MAX = 64  # Stream uids are 32 hex characters; hostile input may be longer
+PLATFORM_KEY_MAX = 64  # a platform row's id as text: a bigint or a uuid, with room to spare
 
 
 class StreamingStatus(StrEnum):
@@ -92,63 +93,35 @@ class SoftDeletable:
 
 
 class Leased:
-    """A queue row: claimable when ``locked_until`` is null or past (see ``db.claims``)."""
+    """A bookkeeping row: claimable when ``locked_until`` is null or past (see ``db.claims``)."""
 
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     locked_by: Mapped[str | None] = mapped_column(String(OWNER_MAX))
 
 
-class User(Timestamped, SoftDeletable, Base):
-    __tablename__ = "users"
+class VideoCheck(Timestamped, Leased, Base):
+    """The video queue's bookkeeping for one platform ``streamings`` row (by its id, as text: the
+    platform's keys may be integers or uuids). Made when the queue first claims the row."""
 
-    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
-    email: Mapped[str] = mapped_column(String(EMAIL_MAX), unique=True)
-    name: Mapped[str] = mapped_column(String(200))
+    __tablename__ = "video_checks"
 
-
-class UserSession(Timestamped, Base):
-    __tablename__ = "user_sessions"
-
-    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
-    user_id: Mapped[int] = mapped_column(
-        BigInteger, ForeignKey("users.id", ondelete="CASCADE"), index=True
-    )
-    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    # cleanup_expired_sessions: DELETE ... WHERE id IN (SELECT id ... WHERE expires_at <= now LIMIT n)
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
-
-
-class Streaming(Timestamped, SoftDeletable, Leased, Base):
-    __tablename__ = "streamings"
-
-    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
-    # Neither required nor unique: rows arrive from elsewhere with missing and repeated uids, and
-    # the queue task must cope with both (see the Stream task) rather than the insert failing.
-    external_id: Mapped[str | None] = mapped_column(String(STREAM_UID_MAX), index=True)
-    provider: Mapped[str] = mapped_column(String(32), default="cloudflare")
-    status: Mapped[str] = mapped_column(String(16), default=StreamingStatus.QUEUED.value)
-    duration: Mapped[float | None] = mapped_column(Float)
-    error_reason: Mapped[str | None] = mapped_column(Text)
-    checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    streaming_id: Mapped[str] = mapped_column(String(PLATFORM_KEY_MAX), primary_key=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    error_reason: Mapped[str | None] = mapped_column(Text)
 
-    __table_args__ = (
-        CheckConstraint(_in("status", StreamingStatus), name="status"),
-        # process_streaming_video_queue: WHERE status = 'queued' AND provider = 'cloudflare'
-        # ORDER BY created_at.
-        Index("ix_streamings_status_provider_created_at", "status", "provider", "created_at"),
-    )
+    # Reading back a run's rows: WHERE locked_by = :owner.
+    __table_args__ = (Index("ix_video_checks_locked_by", "locked_by"),)
 
 
-class EmailQueue(Timestamped, Leased, Base):
-    __tablename__ = "email_queue"
+class EmailDelivery(Timestamped, Leased, Base):
+    """The email queue's bookkeeping for one platform ``email_queue`` row: our state (with
+    ``sending`` and ``dead``, which the platform's status may lack), attempts, the Resend batch's
+    Idempotency-Key and message id."""
 
-    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
-    to_address: Mapped[str] = mapped_column(String(EMAIL_MAX))
-    from_address: Mapped[str | None] = mapped_column(String(EMAIL_MAX))  # null: EMAIL_FROM
-    subject: Mapped[str] = mapped_column(String(998))  # RFC 5322 line length limit
-    html: Mapped[str | None] = mapped_column(Text)
-    text: Mapped[str | None] = mapped_column(Text)
+    __tablename__ = "email_deliveries"
+
+    email_id: Mapped[str] = mapped_column(String(PLATFORM_KEY_MAX), primary_key=True)
     status: Mapped[str] = mapped_column(String(16), default=EmailStatus.PENDING.value)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     next_attempt_at: Mapped[datetime] = mapped_column(
@@ -157,15 +130,14 @@ class EmailQueue(Timestamped, Leased, Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     provider_message_id: Mapped[str | None] = mapped_column(String(128))
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    # The Resend batch's Idempotency-Key, stamped on every row of a batch before it is sent, so a
-    # batch cut short by a crash is re-sent whole under the same key and Resend answers from cache.
+    # Stamped on every row of a batch before it is sent, so a batch cut short by a crash is re-sent
+    # whole under the same key and Resend answers from its cache.
     idempotency_key: Mapped[str | None] = mapped_column(String(64), index=True)
 
     __table_args__ = (
         CheckConstraint(_in("status", EmailStatus), name="status"),
-        # process_email_queue: WHERE status IN (...) AND next_attempt_at <= now ORDER BY
-        # next_attempt_at.
-        Index("ix_email_queue_status_next_attempt_at", "status", "next_attempt_at"),
+        Index("ix_email_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+        Index("ix_email_deliveries_locked_by", "locked_by"),
     )
 
 
@@ -174,7 +146,7 @@ class DeadLetter(Timestamped, Base):
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     source: Mapped[str] = mapped_column(String(32))
-    source_id: Mapped[int] = mapped_column(BigInteger)
+    source_id: Mapped[str] = mapped_column(String(PLATFORM_KEY_MAX))  # the platform row's id
     payload: Mapped[Any] = mapped_column(JSONDocument)
     error: Mapped[str | None] = mapped_column(Text)
     failed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -249,13 +221,11 @@ __all__ = [
     "DailyReport",
     "DeadLetter",
     "DeadLetterSource",
-    "EmailQueue",
+    "EmailDelivery",
     "EmailStatus",
     "StreamVideo",
-    "Streaming",
     "StreamingStatus",
     "SyncState",
-    "User",
-    "UserSession",
+    "VideoCheck",
     "metadata",
 ]

@@ -38,15 +38,18 @@ FITS = {
 PROVIDER = "cloudflare"  # the value the video queue selects on
 
 
-async def check_platform(engine: AsyncEngine, schema_map: SchemaMap) -> list[str]:
-    """Every way the database at ``engine`` differs from what ``schema_map`` promises."""
+async def check_platform(
+    engine: AsyncEngine, schema_map: SchemaMap, *, schema: str | None = None
+) -> list[str]:
+    """Every way the database at ``engine`` differs from what ``schema_map`` promises
+    (``schema``: where the platform's tables live, when not the connection's default)."""
     async with engine.connect() as conn:
-        return await conn.run_sync(lambda sync: _check(sync, schema_map))
+        return await conn.run_sync(lambda sync: _check(sync, schema_map, schema))
 
 
-def _check(conn: Connection, schema_map: SchemaMap) -> list[str]:
+def _check(conn: Connection, schema_map: SchemaMap, schema: str | None) -> list[str]:
     inspector = inspect(conn)
-    present = set(inspector.get_table_names())
+    present = set(inspector.get_table_names(schema=schema))
     problems: list[str] = []
     for table_map in schema_map.tables.values():
         if table_map.table not in present:
@@ -55,7 +58,7 @@ def _check(conn: Connection, schema_map: SchemaMap) -> list[str]:
                 f"(schema map {table_map.key}.table)"
             )
             continue
-        columns = {c["name"]: c for c in inspector.get_columns(table_map.table)}
+        columns = {c["name"]: c for c in inspector.get_columns(table_map.table, schema=schema)}
         problems += _check_columns(table_map, columns)
     return problems
 

@@ -94,6 +94,16 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def app_db(make_postgres_database: Callable[[], str]) -> str:
     """A migrated app database, reached with a password (trust auth ignores it) to check masking."""
     url = make_postgres_database()
+    stand_in = subprocess.run(
+        [sys.executable, "-m", "alianza_jobs.cli", "db", "platform-stand-in"],
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", "DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert stand_in.returncode == 0, stand_in.stderr
     upgrade = subprocess.run(
         [sys.executable, "-m", "alianza_jobs.cli", "db", "upgrade"],
         cwd=REPO,
@@ -211,8 +221,9 @@ def test_a_ready_prod_deployment_passes_every_check(prod: DagsterInstance) -> No
 def test_local_with_the_embedded_emulators_passes(
     monkeypatch: pytest.MonkeyPatch, dagster_home: Path
 ) -> None:
-    upgrade = CliRunner().invoke(cli, ["db", "upgrade"])
-    assert upgrade.exit_code == 0, upgrade.output
+    for command in (["db", "platform-stand-in"], ["db", "upgrade"]):
+        prepared = CliRunner().invoke(cli, command)
+        assert prepared.exit_code == 0, prepared.output
     instance = DagsterInstance.get()
     heartbeat(instance)
     instance.dispose()

@@ -16,15 +16,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from alianza_jobs.db import migrate
 from alianza_jobs.db.engine import create_engine
+from alianza_jobs.db.platform_models import create_stand_in
 
 T = TypeVar("T")
 
 
 @asynccontextmanager
 async def migrated_engine(url: str) -> AsyncIterator[AsyncEngine]:
-    """An engine on ``url`` with the schema at head (through the real migrations)."""
+    """An engine on ``url`` with the platform's stand-in tables and the jobs' schema at head
+    (through the real migrations)."""
     engine = create_engine(url)
     try:
+        await create_stand_in(engine)
         await migrate.upgrade(engine)
         yield engine
     finally:
@@ -72,6 +75,7 @@ async def poll(
         await asyncio.sleep(interval)
 
 
+DRIZZLE_SCHEMA_MAP = Path(__file__).with_name("drizzle") / "schema-map.yaml"
 DRIZZLE_SQL_DIR = Path(__file__).parent / "drizzle" / "generated"
 
 

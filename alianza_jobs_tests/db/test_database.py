@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -18,7 +19,8 @@ from alianza_jobs.db.engine import (
     create_engine,
     read_only,
 )
-from alianza_jobs.db.models import EmailQueue, Streaming, User
+from alianza_jobs.db.models import EmailDelivery, VideoCheck
+from alianza_jobs.db.platform_models import EmailQueue, User
 from alianza_jobs.resources import Database
 from alianza_jobs.settings import mask_url
 from alianza_jobs_tests.db.helpers import migrated_engine, poll, time_out_when
@@ -79,49 +81,55 @@ async def test_sqlite_read_then_write_transactions_queue_instead_of_deadlocking(
     the second writer fails at once with "database is locked"; with BEGIN IMMEDIATE they queue."""
     url = f"sqlite:///{tmp_path / 'a.db'}"
     async with migrated_engine(url) as setup, setup.begin() as conn:
-        await conn.execute(insert(Streaming), [{"external_id": "x"}])
+        await conn.execute(insert(VideoCheck), [{"streaming_id": "1"}])
     engines = [create_engine(url) for _ in range(4)]
 
     async def read_then_write(engine: AsyncEngine) -> None:
         async with engine.begin() as conn:
-            attempts = await conn.scalar(select(Streaming.attempts))
+            attempts = await conn.scalar(select(VideoCheck.attempts))
             await asyncio.sleep(0.05)  # widen the window in which deferred BEGINs would collide
-            await conn.execute(update(Streaming).values(attempts=(attempts or 0) + 1))
+            await conn.execute(update(VideoCheck).values(attempts=(attempts or 0) + 1))
 
     try:
         await asyncio.gather(*(read_then_write(e) for e in engines))
         async with engines[0].connect() as conn:
             # Serialized, so no lost update either.
-            assert await conn.scalar(select(Streaming.attempts)) == len(engines)
+            assert await conn.scalar(select(VideoCheck.attempts)) == len(engines)
     finally:
         for engine in engines:
             await engine.dispose()
 
 
-async def test_timestamps_are_aware_utc_on_both_backends(engine: AsyncEngine) -> None:
+# A timestamp of the jobs' own tables and one of the platform's stand-in: both are UTCDateTime.
+TIMESTAMPS: dict[str, tuple[Any, str, dict[str, Any]]] = {
+    "email_deliveries.next_attempt_at": (EmailDelivery, "next_attempt_at", {"email_id": "1"}),
+    "email_queue.sent_at": (EmailQueue, "sent_at", {"to_address": "a@example.com", "subject": "s"}),
+}
+
+
+@pytest.mark.parametrize("where", sorted(TIMESTAMPS))
+async def test_timestamps_are_aware_utc_on_both_backends(engine: AsyncEngine, where: str) -> None:
+    model, name, row = TIMESTAMPS[where]
     plus_five = timezone(timedelta(hours=5))
     given = datetime(2025, 3, 1, 12, 30, 15, 123456, tzinfo=plus_five)
     async with engine.begin() as conn:
-        await conn.execute(
-            insert(EmailQueue),
-            [{"to_address": "a@example.com", "subject": "s", "next_attempt_at": given}],
-        )
+        await conn.execute(insert(model), [{**row, name: given}])
     async with engine.connect() as conn:
-        row = (await conn.execute(select(EmailQueue.next_attempt_at, EmailQueue.created_at))).one()
-    assert row.next_attempt_at == given
-    assert row.next_attempt_at.tzinfo is UTC
-    assert row.next_attempt_at.hour == 7  # 12:30 at +05:00 is 07:30 UTC
-    assert row.created_at.tzinfo is UTC  # server default, read back aware too
-    assert abs(row.created_at - datetime.now(UTC)) < timedelta(minutes=5)
+        read = (await conn.execute(select(getattr(model, name), model.created_at))).one()
+    stamp, created_at = read
+    assert stamp == given
+    assert stamp.tzinfo is UTC
+    assert stamp.hour == 7  # 12:30 at +05:00 is 07:30 UTC
+    assert created_at.tzinfo is UTC  # server default, read back aware too
+    assert abs(created_at - datetime.now(UTC)) < timedelta(minutes=5)
 
 
-async def test_naive_datetimes_are_refused(engine: AsyncEngine) -> None:
+@pytest.mark.parametrize("where", sorted(TIMESTAMPS))
+async def test_naive_datetimes_are_refused(engine: AsyncEngine, where: str) -> None:
+    model, name, row = TIMESTAMPS[where]
     async with engine.begin() as conn:
         with pytest.raises(StatementError, match="naive datetime"):
-            await conn.execute(
-                insert(EmailQueue),
-                [{"to_address": "a@x", "subject": "s", "next_attempt_at": datetime(2025, 1, 1)}],
-            )
+            await conn.execute(insert(model), [{**row, name: datetime(2025, 1, 1)}])
 
 
 def _track_connections(engine: AsyncEngine) -> dict[str, int]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from click.testing import CliRunner
@@ -12,7 +12,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from alianza_jobs.cli import cli
 from alianza_jobs.db.demo import seed_demo
-from alianza_jobs.db.models import EmailQueue, Streaming, User, UserSession
+from alianza_jobs.db.models import EmailDelivery, VideoCheck
+from alianza_jobs.db.platform_models import EmailQueue, Streaming, User, UserSession
+from alianza_jobs.db.platform_tables import platform_tables
+from alianza_jobs.db.schema_map import default_map
+from alianza_jobs.defs.emails.queue_sql import claim_fresh
+from alianza_jobs.defs.videos.queue_sql import lease_due_rows
 from alianza_jobs_tests.db.helpers import count, migrated_engine
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -28,7 +33,11 @@ async def test_seed_demo_writes_what_it_reports(engine: AsyncEngine) -> None:
     assert await count(engine, UserSession, UserSession.expires_at <= NOW) == 75
     assert data.expired_sessions == 75
     assert await count(engine, EmailQueue, EmailQueue.status == "pending") == 15
-    assert await count(engine, EmailQueue, EmailQueue.next_attempt_at <= NOW) == 15
+    assert await count(engine, EmailQueue, EmailQueue.created_at <= NOW) == 15
+    # Only the platform's tables are seeded, as its own app would have written them: with no
+    # bookkeeping row an email is due now and a video never checked.
+    assert await count(engine, EmailDelivery) == 0
+    assert await count(engine, VideoCheck) == 0
 
     async with engine.connect() as conn:
         videos = (await conn.execute(select(Streaming).order_by(Streaming.created_at))).all()
@@ -39,6 +48,13 @@ async def test_seed_demo_writes_what_it_reports(engine: AsyncEngine) -> None:
     assert all(re.fullmatch(r"[0-9a-f]{32}", v.external_id) for v in videos)
     assert {(v.provider, v.status) for v in videos} == {("cloudflare", "queued")}
     assert all(e.subject and e.html and e.text and "@" in e.to_address for e in emails)
+
+    # What the queues find due in it: every seeded video and email.
+    tables = await platform_tables(engine, default_map())
+    lease = timedelta(minutes=5)
+    assert await lease_due_rows(engine, tables, owner="demo", lease=lease, now=NOW) == 12
+    claimed = await claim_fresh(engine, tables, owner="demo", lease=lease, limit=100, now=NOW)
+    assert len(claimed) == 15
 
 
 async def test_same_seed_same_data(database_url: str, request: pytest.FixtureRequest) -> None:

@@ -1,4 +1,5 @@
-"""Migrations: they build the schema the models describe, are idempotent, and reverse cleanly."""
+"""Migrations: they build the schema the models describe, are idempotent, and reverse cleanly;
+they create only the jobs' own tables, and never touch the platform's that share the database."""
 
 from __future__ import annotations
 
@@ -8,17 +9,42 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import Column, Engine, Integer, MetaData, event, inspect
+from sqlalchemy import (
+    Column,
+    Engine,
+    Integer,
+    MetaData,
+    Table,
+    event,
+    func,
+    insert,
+    inspect,
+    select,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from alianza_jobs.cli import cli
 from alianza_jobs.db import migrate
 from alianza_jobs.db.engine import create_engine
 from alianza_jobs.db.models import metadata
+from alianza_jobs.db.platform_models import Streaming, create_stand_in
+from alianza_jobs_tests.db.helpers import create_drizzle_platform_schema
 
-APP_TABLES = set(metadata.tables)
+# The jobs' own tables: all the migrations make (the platform's belong to its ORM).
+APP_TABLES = {
+    "dead_letters",
+    "sync_state",
+    "stream_videos",
+    "daily_reports",
+    "circuit_breakers",
+    "video_checks",
+    "email_deliveries",
+}
+VERSION_TABLE = "alianza_jobs_version"
+PLATFORM_TABLES = {"users", "user_sessions", "streamings", "email_queue"}
 DDL_PREFIXES = ("CREATE", "ALTER", "DROP")
 
 
@@ -48,11 +74,19 @@ async def tables(engine: AsyncEngine) -> set[str]:
         return set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
 
 
+def test_the_jobs_own_tables_are_what_the_migrations_make() -> None:
+    assert set(metadata.tables) == APP_TABLES
+    assert migrate.head_revision() == "0001"
+    assert migrate.VERSION_TABLE == VERSION_TABLE
+
+
 async def test_upgrade_on_an_empty_database_creates_the_schema(empty: AsyncEngine) -> None:
     assert await tables(empty) == set()
     result = await migrate.upgrade(empty)
     assert result == migrate.MigrationResult(before=None, after=migrate.head_revision())
-    assert await tables(empty) == APP_TABLES | {"alembic_version"}
+    # Only the jobs' tables, and a version table of their own: the platform's tables are not
+    # made here, and a platform keeping its own Alembic history keeps `alembic_version`.
+    assert await tables(empty) == APP_TABLES | {VERSION_TABLE}
     assert await migrate.current_revision(empty) == migrate.head_revision()
 
 
@@ -67,10 +101,14 @@ async def test_the_comparison_notices_a_model_the_migrations_lack(empty: AsyncEn
     drifted = MetaData(naming_convention=metadata.naming_convention)
     for table in metadata.tables.values():
         table.to_metadata(drifted)
-    drifted.tables["users"].append_column(Column("nickname", Integer))
+    drifted.tables["video_checks"].append_column(Column("nickname", Integer))
+    Table("new_jobs_table", drifted, Column("id", Integer, primary_key=True))
     differences = await migrate.schema_differences(empty, drifted)
-    assert [d[0] for d in differences] == ["add_column"]
-    assert differences[0][3].name == "nickname"
+    assert sorted(d[0] for d in differences) == ["add_column", "add_table"]
+    [added_column] = [d for d in differences if d[0] == "add_column"]
+    assert (added_column[2], added_column[3].name) == ("video_checks", "nickname")
+    [added_table] = [d for d in differences if d[0] == "add_table"]
+    assert added_table[1].name == "new_jobs_table"
 
 
 async def test_upgrade_at_head_is_a_no_op(empty: AsyncEngine, statements: list[str]) -> None:
@@ -87,11 +125,105 @@ async def test_downgrade_to_base_then_upgrade_again(empty: AsyncEngine) -> None:
     await migrate.upgrade(empty)
     down = await migrate.downgrade(empty, "base")
     assert down == migrate.MigrationResult(before=migrate.head_revision(), after=None)
-    assert await tables(empty) <= {"alembic_version"}
+    assert await tables(empty) <= {VERSION_TABLE}
     up = await migrate.upgrade(empty)
     assert up.changed
-    assert await tables(empty) == APP_TABLES | {"alembic_version"}
+    assert await tables(empty) == APP_TABLES | {VERSION_TABLE}
     assert await migrate.schema_differences(empty) == []
+
+
+def platform_catalog(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """What the platform's ORM made, as the catalog describes it: every column of its tables (type,
+    default, nullability), its enums, its indexes and constraints."""
+    names = sorted(PLATFORM_TABLES)
+    with psycopg.connect(url) as conn:
+        queries = {
+            "columns": (
+                "SELECT table_name, column_name, ordinal_position, data_type, udt_name,"
+                " column_default, is_nullable, character_maximum_length"
+                " FROM information_schema.columns WHERE table_name = ANY(%s)"
+                " ORDER BY table_name, ordinal_position"
+            ),
+            "enums": (
+                "SELECT t.typname, e.enumlabel, e.enumsortorder FROM pg_enum e"
+                " JOIN pg_type t ON t.oid = e.enumtypid ORDER BY t.typname, e.enumsortorder"
+            ),
+            "indexes": (
+                "SELECT tablename, indexname, indexdef FROM pg_indexes"
+                " WHERE tablename = ANY(%s) ORDER BY tablename, indexname"
+            ),
+            "constraints": (
+                "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid)"
+                " FROM pg_constraint WHERE conrelid::regclass::text = ANY(%s) ORDER BY 1, 2"
+            ),
+        }
+        return {
+            what: conn.execute(query.encode(), (names,) if "%s" in query else ()).fetchall()
+            for what, query in queries.items()
+        }
+
+
+def platform_rows(url: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT id::text, external_id, status::text FROM streamings ORDER BY external_id"
+        ).fetchall()
+
+
+async def test_upgrade_leaves_the_platforms_drizzle_tables_untouched(postgres_url: str) -> None:
+    """On the platform's database its ORM made its tables first: upgrading adds the jobs' tables
+    beside them and changes nothing of theirs, the comparison proposes nothing for them (no
+    drop_table for tables our models lack), and going back to base drops none of them."""
+    create_drizzle_platform_schema(postgres_url)
+    with psycopg.connect(postgres_url) as conn:
+        conn.execute("INSERT INTO streamings (external_id) VALUES ('uid-1'), ('uid-2')")
+        conn.execute("INSERT INTO users (email) VALUES ('ana@example.com')")
+    before, rows = platform_catalog(postgres_url), platform_rows(postgres_url)
+    assert before["columns"] and before["enums"]
+    engine = create_engine(postgres_url)
+    try:
+        result = await migrate.upgrade(engine)
+        assert result == migrate.MigrationResult(before=None, after=migrate.head_revision())
+        assert await tables(engine) == PLATFORM_TABLES | APP_TABLES | {VERSION_TABLE}
+        assert platform_catalog(postgres_url) == before
+        assert await migrate.schema_differences(engine) == []
+        assert not (await migrate.upgrade(engine)).changed
+
+        await migrate.downgrade(engine, "base")
+        assert await tables(engine) - {VERSION_TABLE} == PLATFORM_TABLES
+        assert platform_catalog(postgres_url) == before
+        assert platform_rows(postgres_url) == rows
+
+        assert (await migrate.upgrade(engine)).changed
+        assert platform_catalog(postgres_url) == before
+    finally:
+        await engine.dispose()
+
+
+async def test_downgrade_to_base_never_drops_a_platform_table(empty: AsyncEngine) -> None:
+    """With the stand-in, and a platform that keeps its own Alembic history in `alembic_version`:
+    the jobs' migrations neither read nor drop either, going up or down."""
+    await create_stand_in(empty)
+    platform_history = Table(
+        "alembic_version", MetaData(), Column("version_num", Integer, primary_key=True)
+    )
+    async with empty.begin() as conn:
+        await conn.run_sync(platform_history.metadata.create_all)
+        await conn.execute(insert(platform_history).values(version_num=4242))
+        await conn.execute(insert(Streaming).values(external_id="uid-1"))
+    platform = PLATFORM_TABLES | {"alembic_version"}
+
+    up = await migrate.upgrade(empty)
+    assert up == migrate.MigrationResult(before=None, after=migrate.head_revision())
+    assert await tables(empty) == platform | APP_TABLES | {VERSION_TABLE}
+    assert await migrate.schema_differences(empty) == []
+
+    await migrate.downgrade(empty, "base")
+    assert await tables(empty) - {VERSION_TABLE} == platform
+    async with empty.connect() as conn:
+        assert await conn.scalar(select(platform_history.c.version_num)) == 4242
+        assert await conn.scalar(select(func.count()).select_from(Streaming)) == 1
+    assert await migrate.current_revision(empty) is None
 
 
 async def test_concurrent_upgrades_migrate_once(database_url: str) -> None:
@@ -151,7 +283,7 @@ def test_cli_rejects_a_bad_url_as_a_usage_error(monkeypatch: pytest.MonkeyPatch)
 
 def test_migrations_ship_inside_the_package() -> None:
     shipped = {p.name for p in migrate.MIGRATIONS_DIR.rglob("*") if p.is_file()}
-    assert {"env.py", "script.py.mako", "0001_initial.py"} <= shipped
+    assert {"env.py", "script.py.mako", "0001_the_jobs_own_tables.py"} <= shipped
 
 
 def test_cli_revision_writes_the_next_numbered_migration(

@@ -4,6 +4,8 @@ and what would fit."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import psycopg
 import pytest
 from click.testing import CliRunner
@@ -12,7 +14,11 @@ from alianza_jobs.cli import cli
 from alianza_jobs.db.engine import create_engine
 from alianza_jobs.db.platform_check import check_platform
 from alianza_jobs.db.schema_map import default_map
-from alianza_jobs_tests.db.helpers import create_drizzle_platform_schema, migrated_engine
+from alianza_jobs_tests.db.helpers import (
+    DRIZZLE_SCHEMA_MAP,
+    create_drizzle_platform_schema,
+    migrated_engine,
+)
 
 HAS = "the table has attempts, created_at, error, from, html, id, sent_at, status, subject, text, to, updated_at"
 DRIZZLE_PROBLEMS = [
@@ -73,6 +79,8 @@ def test_cli_check_passes_the_jobs_schema_and_fails_drizzles(
     runner = CliRunner()
     monkeypatch.setenv("DATABASE_URL", postgres_url)
     assert runner.invoke(cli, ["db", "upgrade"]).exit_code == 0
+    # The jobs' migrations no longer create the platform's tables; locally the stand-in does.
+    assert runner.invoke(cli, ["db", "platform-stand-in"]).exit_code == 0
     ok = runner.invoke(cli, ["db", "check"])
     assert ok.exit_code == 0, ok.output
     assert "the platform tables hold what the jobs read and write (4 tables)" in ok.output
@@ -84,3 +92,34 @@ def test_cli_check_passes_the_jobs_schema_and_fails_drizzles(
     assert bad.exit_code == 1, bad.output
     lines = bad.output.strip().splitlines()
     assert [line.split(": ", 1)[1] for line in lines] == DRIZZLE_PROBLEMS
+
+
+def test_cli_check_passes_drizzles_schema_with_its_map(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    create_drizzle_platform_schema(postgres_url)
+    monkeypatch.setenv("DATABASE_URL", postgres_url)
+    monkeypatch.setenv("ALIANZA_SCHEMA_MAP", str(DRIZZLE_SCHEMA_MAP))
+    ok = CliRunner().invoke(cli, ["db", "check"])
+    assert ok.exit_code == 0, ok.output
+    assert "the platform tables hold what the jobs read and write (4 tables)" in ok.output
+
+
+def test_cli_check_names_a_mapped_column_that_does_not_exist(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    create_drizzle_platform_schema(postgres_url)
+    # Drizzle's map with one column misnamed, so that column is the only problem.
+    drizzle_map = DRIZZLE_SCHEMA_MAP.read_text()
+    assert "last_error: error" in drizzle_map
+    path = tmp_path / "schema-map.yaml"
+    path.write_text(drizzle_map.replace("last_error: error", "last_error: err_msg"))
+    monkeypatch.setenv("DATABASE_URL", postgres_url)
+    monkeypatch.setenv("ALIANZA_SCHEMA_MAP", str(path))
+    bad = CliRunner().invoke(cli, ["db", "check"])
+    assert bad.exit_code == 1, bad.output
+    lines = bad.output.strip().splitlines()
+    assert len(lines) == 1, bad.output
+    problem = lines[0].split(": ", 1)[1]
+    assert problem.startswith("email_queue.last_error: column email_queue.err_msg does not exist")
+    assert "schema map email_queue.columns.last_error" in problem

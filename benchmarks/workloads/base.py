@@ -4,7 +4,8 @@ A :class:`QueueWorkload` (video queue, email queue, session cleanup) says how to
 a size, how to set the emulator up for a run, what the end state must be, and which targets apply;
 :meth:`QueueWorkload.execute` does the rest: one template per size, then per repetition every case
 (the baseline at its size, ours at each of its sizes) on a fresh copy, alternating which goes
-first, each in a child process, each checked before it counts.
+first, each in a child process, each checked before it counts. A workload runs on the platform
+schemas it lists in ``schemas`` (the context says which one this run is on).
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from alianza_jobs.emulators.constants import EMULATOR_ACCOUNT_ID
 from benchmarks.harness import (
+    DEFAULT_SCHEMA,
     ChildOutcome,
     Databases,
     EmulatorServer,
+    PlatformSchema,
     Quiet,
     child_command,
     child_env,
@@ -76,6 +79,8 @@ class Measurement:
     error: str | None = None
     counters: dict[str, Any] = field(default_factory=dict)
     checks: dict[str, Any] = field(default_factory=dict)
+    schema: str = DEFAULT_SCHEMA.name
+    """The platform schema the run's data was in (``default``: the stand-in; ``drizzle``)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,10 +95,22 @@ class Context:
     smoke: bool
     quiet: Quiet
     log: Callable[[str], None]
+    schema: PlatformSchema = DEFAULT_SCHEMA
 
     @property
     def backend(self) -> str:
         return self.databases.backend
+
+    @property
+    def where(self) -> str:
+        """``backend`` (on the default schema) or ``backend/schema``: for logs and file names."""
+        if self.schema is DEFAULT_SCHEMA:
+            return self.backend
+        return f"{self.backend}/{self.schema.name}"
+
+    @property
+    def slug(self) -> str:
+        return self.where.replace("/", "-")
 
 
 @dataclass(frozen=True)
@@ -121,10 +138,10 @@ def maybe_emulator(
     if settings is None:
         yield None
         return
-    state_dir = ctx.work_dir / f"emulator-{name}-{ctx.backend}"
+    state_dir = ctx.work_dir / f"emulator-{name}-{ctx.slug}"
     with emulator_server(
         state_dir,
-        log_path=ctx.work_dir / "logs" / f"emulator-{name}-{ctx.backend}.log",
+        log_path=ctx.work_dir / "logs" / f"emulator-{name}-{ctx.slug}.log",
         latency_ms=settings.latency_ms,
         stream_rate_limit=settings.stream_rate_limit,
         stream_rate_window_s=settings.stream_rate_window_s,
@@ -138,10 +155,15 @@ def production_env(
 ) -> dict[str, str]:
     """``ALIANZA_ENV=prod`` settings pointing at the socket emulator, with tokens of their own
     (the emulators' rate limits are per token: every run starts with a fresh budget, as a run with
-    the account to itself would)."""
+    the account to itself would), and the context's schema map (``ALIANZA_SCHEMA_MAP``: what the
+    ``Database`` resource, and the baseline, read the platform's tables through)."""
     root = server.root if server is not None else UNUSED_API
+    schema_map = (
+        {"ALIANZA_SCHEMA_MAP": ctx.schema.schema_map_path} if ctx.schema.schema_map_path else {}
+    )
     return child_env(
         {
+            **schema_map,
             "ALIANZA_ENV": "prod",
             "DATABASE_URL": database_url,
             "CLOUDFLARE_ACCOUNT_ID": EMULATOR_ACCOUNT_ID,
@@ -185,6 +207,8 @@ class Workload(ABC):
     data: str = ""
     """What the workload's data is, and what its end state must be (for the report)."""
     emulator: EmulatorSettings | None = None
+    schemas: tuple[str, ...] = (DEFAULT_SCHEMA.name,)
+    """The platform schemas (``harness.PLATFORM_SCHEMAS``) this workload can run on."""
 
     @abstractmethod
     def execute(self, ctx: Context) -> list[Measurement]: ...
@@ -203,8 +227,11 @@ class QueueWorkload(Workload):
     def cases(self, smoke: bool) -> list[Case]: ...
 
     @abstractmethod
-    async def populate(self, engine: AsyncEngine, size: int, smoke: bool) -> dict[str, Any]:
-        """Fill a migrated database for ``size``; returns what the end state is checked against."""
+    async def populate(
+        self, engine: AsyncEngine, size: int, smoke: bool, schema: PlatformSchema
+    ) -> dict[str, Any]:
+        """Fill a migrated database (its platform tables in ``schema``) for ``size``; returns
+        what the end state is checked against."""
 
     def prepare(
         self, server: EmulatorServer | None, size: int, expected: Mapping[str, Any]
@@ -220,6 +247,7 @@ class QueueWorkload(Workload):
         case: Case,
         expected: Mapping[str, Any],
         counters: Mapping[str, Any],
+        schema: PlatformSchema,
     ) -> dict[str, Any]:
         """Check the end state; raise AssertionError if it is wrong. Returns what was checked."""
 
@@ -241,12 +269,12 @@ class QueueWorkload(Workload):
         with maybe_emulator(self.emulator, ctx, self.name) as server:
             expected: dict[int, dict[str, Any]] = {}
             for size in sizes:
-                ctx.log(f"  {self.name}/{ctx.backend}: generating {size:,} rows")
+                ctx.log(f"  {self.name}/{ctx.where}: generating {size:,} rows")
 
                 async def populate(engine: AsyncEngine, size: int = size) -> dict[str, Any]:
-                    return await self.populate(engine, size, ctx.smoke)
+                    return await self.populate(engine, size, ctx.smoke, ctx.schema)
 
-                expected[size] = ctx.databases.template(self._key(size), populate)
+                expected[size] = ctx.databases.template(self._key(ctx, size), populate, ctx.schema)
             for repetition in range(ctx.repeat):
                 # Alternate who goes first, so a drift in the machine's load favours neither.
                 order = cases if repetition % 2 == 0 else list(reversed(cases))
@@ -256,8 +284,10 @@ class QueueWorkload(Workload):
                     )
         return measurements
 
-    def _key(self, size: int) -> str:
-        return f"{self.name}_{size}"
+    def _key(self, ctx: Context, size: int) -> str:
+        if ctx.schema is DEFAULT_SCHEMA:
+            return f"{self.name}_{size}"
+        return f"{self.name}_{size}_{ctx.schema.name}"
 
     def _measure(
         self,
@@ -271,7 +301,7 @@ class QueueWorkload(Workload):
         best: Measurement | None = None
         for attempt in range(1, ctx.quiet.max_attempts + 1):
             ctx.quiet.wait(helpers, ctx.log)
-            with ctx.databases.copy(self._key(case.size)) as url:
+            with ctx.databases.copy(self._key(ctx, case.size)) as url:
                 self.prepare(server, case.size, expected)
                 env = production_env(ctx, url, server)
                 target = self.job
@@ -279,13 +309,13 @@ class QueueWorkload(Workload):
                     child_command(case.impl, target, run_config=self.run_config(case)),
                     env=env,
                     timeout_s=self.timeout_s,
-                    log_path=ctx.work_dir / "logs" / f"{self.name}-{ctx.backend}.log",
+                    log_path=ctx.work_dir / "logs" / f"{self.name}-{ctx.slug}.log",
                     helper_pids=helpers,
                 )
                 measurement = self._record(ctx, server, case, expected, repetition, outcome, url)
             measurement.attempts = attempt
             ctx.log(
-                f"  {self.name}/{ctx.backend} {case.label} #{repetition + 1}: {_brief(measurement)}"
+                f"  {self.name}/{ctx.where} {case.label} #{repetition + 1}: {_brief(measurement)}"
             )
             if best is None or _preference(measurement) < _preference(best):
                 best = measurement
@@ -311,6 +341,7 @@ class QueueWorkload(Workload):
         m = Measurement(
             workload=self.name,
             backend=ctx.backend,
+            schema=ctx.schema.name,
             case=case.impl,
             size=case.size,
             repetition=repetition,
@@ -344,7 +375,7 @@ class QueueWorkload(Workload):
             m.api_calls_per_row = round(m.api_calls / m.rows, 5)
         if m.success:
             try:
-                m.checks |= self.verify(url, server, case, expected, counters)
+                m.checks |= self.verify(url, server, case, expected, counters, ctx.schema)
             except AssertionError as exc:
                 m.success, m.error = False, f"wrong end state: {exc}"
         return m

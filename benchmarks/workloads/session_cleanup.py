@@ -20,8 +20,8 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from alianza_jobs.db.engine import create_engine
-from alianza_jobs.db.models import User, UserSession
-from benchmarks.harness import EmulatorServer
+from alianza_jobs.db.platform_models import User, UserSession
+from benchmarks.harness import EmulatorServer, PlatformSchema
 from benchmarks.workloads.base import Case, QueueWorkload, Target
 from benchmarks.workloads.summary import find
 
@@ -49,7 +49,9 @@ class SessionCleanup(QueueWorkload):
     def live(smoke: bool) -> int:
         return 100 if smoke else 50_000
 
-    async def populate(self, engine: AsyncEngine, size: int, smoke: bool) -> dict[str, Any]:
+    async def populate(
+        self, engine: AsyncEngine, size: int, smoke: bool, schema: PlatformSchema
+    ) -> dict[str, Any]:
         now = datetime.now(UTC)
         users = [
             {
@@ -106,6 +108,7 @@ class SessionCleanup(QueueWorkload):
         case: Case,
         expected: Mapping[str, Any],
         counters: Mapping[str, Any],
+        schema: PlatformSchema,
     ) -> dict[str, Any]:
         left, expired_left, of_deleted_left = asyncio.run(_end_state(database_url))
         assert expired_left == 0, f"{expired_left} expired sessions left"

@@ -23,22 +23,26 @@ METRICS = (
 
 
 def summarize(measurements: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One summary per (workload, backend, case, size), in the order first measured.
+    """One summary per (workload, backend, platform schema, case, size), in the order first
+    measured.
 
     Medians (and min/max) are over the successful runs only; ``ok``/``runs`` says how many there
     were. ``ratio_to_baseline``: our median rows per second over the baseline's, for the same
-    workload and backend (the baseline runs at its own, smaller size: its throughput does not grow
-    with the queue, see the report).
+    workload, backend and platform schema (the baseline runs at its own, smaller size: its
+    throughput does not grow with the queue, see the report). A measurement from before the
+    platform schema was recorded is on the default one.
     """
     groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
     for m in measurements:
-        groups.setdefault((m["workload"], m["backend"], m["case"], m["size"]), []).append(m)
+        key = (m["workload"], m["backend"], m.get("schema", "default"), m["case"], m["size"])
+        groups.setdefault(key, []).append(m)
     summaries: list[dict[str, Any]] = []
-    for (workload, backend, case, size), runs in groups.items():
+    for (workload, backend, schema, case, size), runs in groups.items():
         ok = [r for r in runs if r["success"]]
         summary: dict[str, Any] = {
             "workload": workload,
             "backend": backend,
+            "schema": schema,
             "case": case,
             "size": size,
             "runs": len(runs),
@@ -64,6 +68,7 @@ def summarize(measurements: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
                 for s in summaries
                 if s["workload"] == summary["workload"]
                 and s["backend"] == summary["backend"]
+                and s["schema"] == summary["schema"]
                 and s["case"] == "baseline"
             ),
             None,

@@ -8,7 +8,11 @@ catalog does. The emulator answers every request 50 ms late and enforces Cloudfl
 
 End state, checked after every run: ready rows ``ready`` with the video's exact duration, errored
 ones ``error``; ours also settles the deleted ones (``error``, not found) and stamps ``checked_at``
-on those still processing; the TypeScript package leaves both queued. No row may stay leased.
+(in its own ``video_checks``) on those still processing; the TypeScript package leaves both queued.
+No row may stay leased.
+
+The rows are keyed by the jobs' names for the platform's columns, so the same code fills the
+stand-in and the Drizzle-made schema (uuid ids, text durations; through the reflected tables).
 """
 
 from __future__ import annotations
@@ -20,14 +24,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from sqlalchemy import Float, cast, func, insert, select
 from sqlalchemy import case as sql_case
-from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from alianza_jobs.db.engine import create_engine
-from alianza_jobs.db.models import Streaming
+from alianza_jobs.defs.videos.queue_sql import CHECKS, joined
 from alianza_jobs.emulators import StreamEmulator, VideoSpec
-from benchmarks.harness import EmulatorServer
+from benchmarks.harness import DEFAULT_SCHEMA, DRIZZLE_SCHEMA, EmulatorServer, PlatformSchema
 from benchmarks.workloads.base import Case, EmulatorSettings, QueueWorkload, Target
 from benchmarks.workloads.summary import find, largest_size, smallest_size
 
@@ -85,10 +89,11 @@ class VideoQueue(QueueWorkload):
     data = (
         "Queued Cloudflare rows created a second apart; their videos 77% ready, 10% errored, 10% "
         "still processing, 3% unknown to Stream (404); the account holds 10% more videos besides. "
-        "Ours also settles the unknown ones (error) and stamps `checked_at` on those still "
-        "processing; the TypeScript package leaves both queued."
+        "Ours also settles the unknown ones (error) and stamps `checked_at` (in its own "
+        "`video_checks`) on those still processing; the TypeScript package leaves both queued."
     )
     emulator = EmulatorSettings(latency_ms=50, stream_rate_limit=1200, stream_rate_window_s=300)
+    schemas = (DEFAULT_SCHEMA.name, DRIZZLE_SCHEMA.name)
 
     def cases(self, smoke: bool) -> list[Case]:
         if smoke:
@@ -100,7 +105,12 @@ class VideoQueue(QueueWorkload):
             Case("ours", 100_000),
         ]
 
-    async def populate(self, engine: AsyncEngine, size: int, smoke: bool) -> dict[str, Any]:
+    async def populate(
+        self, engine: AsyncEngine, size: int, smoke: bool, schema: PlatformSchema
+    ) -> dict[str, Any]:
+        tables = await schema.tables(engine)
+        streamings = schema.insert_into(tables, "streamings")
+        queued = tables.status("streamings", "queued")
         expected: dict[str, Any] = {"ready": 0, "error": 0, "processing": 0, "deleted": 0}
         duration_sum = 0.0
         rows: list[dict[str, Any]] = []
@@ -113,17 +123,15 @@ class VideoQueue(QueueWorkload):
                     {
                         "external_id": video.uid,
                         "provider": "cloudflare",
-                        "status": "queued",
-                        "attempts": 0,
+                        "status": queued,
                         "created_at": created,
-                        "updated_at": created,
                     }
                 )
                 if len(rows) == CHUNK:
-                    await conn.execute(insert(Streaming), rows)
+                    await conn.execute(insert(streamings), rows)
                     rows = []
             if rows:
-                await conn.execute(insert(Streaming), rows)
+                await conn.execute(insert(streamings), rows)
         expected["ready_duration_sum"] = duration_sum
         return expected
 
@@ -190,15 +198,15 @@ class VideoQueue(QueueWorkload):
         case: Case,
         expected: Mapping[str, Any],
         counters: Mapping[str, Any],
+        schema: PlatformSchema,
     ) -> dict[str, Any]:
-        state = asyncio.run(_end_state(database_url))
+        state, locked = asyncio.run(_end_state(database_url, schema))
         counts = {status: int(v["rows"]) for status, v in state.items()}
         ready_sum = float(state.get("ready", {}).get("duration_sum") or 0.0)
         want_sum = float(expected["ready_duration_sum"])
         assert abs(ready_sum - want_sum) <= 1e-6 * max(want_sum, 1.0), (
             f"ready durations sum to {ready_sum}, expected {want_sum}"
         )
-        locked = sum(int(v["locked"]) for v in state.values())
         assert locked == 0, f"{locked} rows still leased"
         if case.impl == "ours":
             want = {
@@ -279,23 +287,37 @@ class VideoQueue(QueueWorkload):
         return out
 
 
-async def _end_state(url: str) -> dict[str, dict[str, Any]]:
+async def _end_state(url: str, schema: PlatformSchema) -> tuple[dict[str, dict[str, Any]], int]:
+    """Platform rows by our state (how many, their durations' sum, how many were never checked:
+    no ``video_checks`` row or no ``checked_at`` in it), and how many checks are still leased."""
     engine = create_engine(url)
     try:
+        tables = await schema.tables(engine)
+        s = tables.streamings
         async with engine.connect() as conn:
             result = await conn.execute(
                 select(
-                    Streaming.status,
+                    s.c.status,
                     func.count().label("rows"),
-                    func.sum(Streaming.duration).label("duration_sum"),
-                    func.sum(sql_case((Streaming.checked_at.is_(None), 1), else_=0)).label(
+                    # Cast: the Drizzle schema keeps durations as text.
+                    func.sum(cast(s.c.duration, Float)).label("duration_sum"),
+                    func.sum(sql_case((CHECKS.c.checked_at.is_(None), 1), else_=0)).label(
                         "unchecked"
                     ),
-                    func.sum(sql_case((Streaming.locked_by.is_not(None), 1), else_=0)).label(
-                        "locked"
-                    ),
-                ).group_by(Streaming.status)
+                )
+                .select_from(s.outerjoin(CHECKS, joined(s)))
+                .group_by(s.c.status)
             )
-            return {row.status: dict(row._mapping) for row in result}
+            # Keyed by our states, whatever the platform calls them.
+            state_of = {
+                tables.status("streamings", state): state for state in ("queued", "ready", "error")
+            }
+            by_status = {
+                state_of.get(str(row.status), str(row.status)): dict(row._mapping) for row in result
+            }
+            locked = await conn.scalar(
+                select(func.count()).select_from(CHECKS).where(CHECKS.c.locked_by.is_not(None))
+            )
+        return by_status, int(locked or 0)
     finally:
         await engine.dispose()

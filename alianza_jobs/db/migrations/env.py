@@ -14,6 +14,7 @@ from alembic import context
 from alembic.autogenerate.api import AutogenContext
 from sqlalchemy.engine import Connection
 
+from alianza_jobs.db.migrate import VERSION_TABLE, include_name
 from alianza_jobs.db.models import metadata
 from alianza_jobs.db.types import UTCDateTime
 
@@ -32,6 +33,10 @@ def configure(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=metadata,
+        version_table=VERSION_TABLE,
+        # The platform's tables share the database: they are not ours to create, alter or drop,
+        # and autogenerate must not propose to drop them for being absent from our models.
+        include_name=include_name,
         compare_type=True,
         # SQLite cannot ALTER most things; batch mode rebuilds the table instead.
         render_as_batch=connection.dialect.name == "sqlite",
@@ -66,6 +71,7 @@ if context.is_offline_mode():
     context.configure(
         url=database_url(),
         target_metadata=metadata,
+        version_table=VERSION_TABLE,
         literal_binds=True,
         render_item=render_item,
     )

@@ -151,8 +151,10 @@ async def _enqueue_email(database: Database, app: AppConfig, alert: Alert) -> in
     emails = [NewEmail(to=to, subject=alert.subject, text=alert.text) for to in app.alert_email_to]
     if not emails:
         return 0
-    async with database.engine() as engine, engine.begin() as conn:
-        return len(await enqueue_emails(conn, emails))
+    async with database.engine() as engine:
+        tables = await database.platform(engine)
+        async with engine.begin() as conn:
+            return len(await enqueue_emails(conn, tables, emails))
 
 
 def _post_webhook(url: str, alert: Alert) -> None:

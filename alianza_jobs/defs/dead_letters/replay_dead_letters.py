@@ -19,19 +19,20 @@ from typing import Any, Literal
 import dagster as dg
 from dagster import AssetMaterialization, OpExecutionContext
 from pydantic import Field
-from sqlalchemy import ColumnElement, and_, select, update
+from sqlalchemy import ColumnElement, Table, and_, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from alianza_jobs.db.engine import read_only
 from alianza_jobs.db.models import (
     DeadLetter,
     DeadLetterSource,
-    EmailQueue,
+    EmailDelivery,
     EmailStatus,
-    Streaming,
     StreamingStatus,
+    VideoCheck,
 )
-from alianza_jobs.db.types import utcnow
+from alianza_jobs.db.platform_tables import PlatformTables, keyed_by
+from alianza_jobs.db.types import PlatformKey, utcnow
 from alianza_jobs.logs import TaskLogger, get_logger
 from alianza_jobs.platform.task import TaskReport, TaskSpec
 from alianza_jobs.resources import Database
@@ -65,47 +66,76 @@ class ReplayConfig(dg.Config):
     )
 
 
+EMAIL_DELIVERIES: Table = EmailDelivery.__table__  # type: ignore[assignment]
+VIDEO_CHECKS: Table = VideoCheck.__table__  # type: ignore[assignment]
+
+
 @dataclass(frozen=True)
 class Queue:
-    """How one source's items are found dead and put back."""
+    """How one source's items are found dead and put back: the platform ``table`` holds the
+    item, ``checks`` (the jobs' bookkeeping, keyed by ``key``) its state, attempts and lease."""
 
-    model: type[EmailQueue] | type[Streaming]
+    table: Table
     dead: ColumnElement[bool]
-
-    def requeue_values(self, now: datetime) -> dict[str, Any]:
-        lease: dict[str, Any] = {"locked_until": None, "locked_by": None, "updated_at": now}
-        if self.model is EmailQueue:
-            return {
-                "status": EmailStatus.PENDING.value,
-                "attempts": 0,
-                "next_attempt_at": now,
-                **lease,
-            }
-        return {
-            "status": StreamingStatus.QUEUED.value,
-            "attempts": 0,
-            "error_reason": None,
-            "checked_at": None,
-            **lease,
-        }
+    requeue: dict[str, Any]
+    checks: Table
+    key: str
+    checks_requeue: dict[str, Any]
 
 
-QUEUES: dict[str, Queue] = {
-    DeadLetterSource.EMAIL_QUEUE.value: Queue(
-        EmailQueue, EmailQueue.status == EmailStatus.DEAD.value
-    ),
-    DeadLetterSource.STREAMINGS.value: Queue(
-        Streaming,
-        and_(Streaming.status == StreamingStatus.ERROR.value, Streaming.deleted_at.is_(None)),
-    ),
-}
+def queue_for(source: str, tables: PlatformTables) -> Queue:
+    if source == DeadLetterSource.EMAIL_QUEUE.value:
+        emails = tables.email_queue
+        deliveries = EMAIL_DELIVERIES.c
+        return Queue(
+            emails,
+            and_(
+                # Dead is our state, which the platform's status may not hold (`failed` there).
+                exists().where(
+                    keyed_by(emails, deliveries.email_id),
+                    deliveries.status == EmailStatus.DEAD.value,
+                ),
+                # And the platform's row must still say so: one it has since set otherwise
+                # (sent, say) would otherwise be overwritten to pending and sent again.
+                emails.c.status == tables.status("email_queue", EmailStatus.DEAD.value),
+            ),
+            {"status": tables.status("email_queue", EmailStatus.PENDING.value)},
+            EMAIL_DELIVERIES,
+            "email_id",
+            # The key stays: a replayed group is re-sent under it, so Resend answers from its
+            # cache if the first send got through after all.
+            {"status": EmailStatus.PENDING.value, "attempts": 0},
+        )
+    s = tables.streamings
+    dead = [s.c.status == tables.status("streamings", StreamingStatus.ERROR.value)]
+    if "deleted_at" in s.c:
+        dead.append(s.c.deleted_at.is_(None))
+    return Queue(
+        s,
+        and_(*dead),
+        {"status": tables.status("streamings", StreamingStatus.QUEUED.value)},
+        VIDEO_CHECKS,
+        "streaming_id",
+        {"attempts": 0, "error_reason": None, "checked_at": None},
+    )
+
+
+def _is_key(table: Table, item: str, conn: AsyncConnection) -> bool:
+    key_type = table.c.id.type
+    if not isinstance(key_type, PlatformKey):
+        return True
+    try:
+        key_type.process_bind_param(item, conn.dialect)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass
 class Outcome:
     report: TaskReport = field(default_factory=TaskReport)
     letters: list[int] = field(default_factory=list)
-    items: list[int] = field(default_factory=list)
+    items: list[str] = field(default_factory=list)
     skipped: dict[str, list[int]] = field(default_factory=dict)
 
     def skip(self, why: str, letter_ids: Sequence[int]) -> None:
@@ -149,29 +179,41 @@ def _page_query(config: ReplayConfig, *, after: int, among: Sequence[int] | None
 async def replay_page(
     conn: AsyncConnection,
     queue: Queue,
-    letters: Sequence[tuple[int, int]],
+    letters: Sequence[tuple[int, str]],
     *,
     now: datetime,
     dry_run: bool,
     outcome: Outcome,
 ) -> None:
     """Requeue the dead items of one page of (letter id, item id) and mark their letters."""
-    model = queue.model
+    table = queue.table
     item_ids = sorted({item for _, item in letters})
+    # A source_id the platform's key cannot hold (an integer id from before a move to uuid keys,
+    # say) names no row; bound, it would fail the whole run: it is reported missing instead.
+    keys = [i for i in item_ids if _is_key(table, i, conn)]
     present = await conn.execute(
-        select(model.id, queue.dead.label("is_dead")).where(model.id.in_(item_ids))
+        select(table.c.id, queue.dead.label("is_dead")).where(table.c.id.in_(keys))
     )
-    state = {r.id: bool(r.is_dead) for r in present}
+    state = {str(r.id): bool(r.is_dead) for r in present}
     dead_items = [i for i in item_ids if state.get(i)]
     if dead_items and not dry_run:
         # The status check again in the UPDATE: an item requeued by someone else meanwhile stays.
         result = await conn.execute(
-            update(model)
-            .where(model.id.in_(dead_items), queue.dead)
-            .values(queue.requeue_values(now))
-            .returning(model.id)
+            update(table)
+            .where(table.c.id.in_(dead_items), queue.dead)
+            .values(queue.requeue)
+            .returning(table.c.id)
         )
         requeued = set(result.scalars().all())
+        if requeued:
+            due = {"next_attempt_at": now} if "next_attempt_at" in queue.checks.c else {}
+            await conn.execute(
+                update(queue.checks)
+                .where(queue.checks.c[queue.key].in_(sorted(requeued)))
+                .values(
+                    **queue.checks_requeue, **due, locked_until=None, locked_by=None, updated_at=now
+                )
+            )
     else:
         requeued = set(dead_items)
     letter_ids = [lid for lid, item in letters if item in requeued]
@@ -191,8 +233,10 @@ async def replay_page(
     )
 
 
-async def replay(engine: AsyncEngine, config: ReplayConfig, *, log: TaskLogger) -> Outcome:
-    queue = QUEUES[config.source]
+async def replay(
+    engine: AsyncEngine, tables: PlatformTables, config: ReplayConfig, *, log: TaskLogger
+) -> Outcome:
+    queue = queue_for(config.source, tables)
     outcome = Outcome()
     outcome.report.counts.update({"dead_letters_replayed": 0, "items_requeued": 0})
     if config.ids:
@@ -241,7 +285,7 @@ async def requeue_dead_letters(
     log = get_logger(source=config.source, dry_run=config.dry_run)
     started = time.perf_counter()
     async with database.engine() as engine:
-        outcome = await replay(engine, config, log=log)
+        outcome = await replay(engine, await database.platform(engine), config, log=log)
     report = outcome.report
     report.metadata.update(
         {
@@ -271,7 +315,7 @@ async def requeue_dead_letters(
     return report
 
 
-def _preview(ids: Sequence[int]) -> str:
+def _preview(ids: Sequence[int] | Sequence[str]) -> str:
     ordered = sorted(ids)
     text = ",".join(str(i) for i in ordered[:PREVIEW])
     return text + (f",... (+{len(ordered) - PREVIEW})" if len(ordered) > PREVIEW else "")

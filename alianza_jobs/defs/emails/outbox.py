@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from alianza_jobs.db.models import EmailQueue, EmailStatus
-from alianza_jobs.db.types import utcnow
+from alianza_jobs.db.models import EmailStatus
+from alianza_jobs.db.platform_tables import PlatformTables
 
 
 @dataclass(frozen=True)
@@ -24,24 +24,25 @@ class NewEmail:
     html: str | None = None
 
 
-async def enqueue_emails(conn: AsyncConnection, emails: Sequence[NewEmail]) -> list[int]:
-    """Queue the emails as due now; returns their queue ids, in order."""
+async def enqueue_emails(
+    conn: AsyncConnection, tables: PlatformTables, emails: Sequence[NewEmail]
+) -> list[str]:
+    """Queue the emails in the platform's email queue, due now; returns their ids, in order."""
     if not emails:
         return []
-    now = utcnow()
-    rows = [
-        {
+    queue = tables.email_queue
+    pending = tables.status("email_queue", EmailStatus.PENDING.value)
+    rows = []
+    for email in emails:
+        # The sender is left to the queue (EMAIL_FROM); columns the platform lacks are left out.
+        row: dict[str, str | None] = {
             "to_address": email.to,
-            "from_address": None,  # the queue fills in EMAIL_FROM
             "subject": email.subject,
-            "text": email.text,
-            "html": email.html,
-            "status": EmailStatus.PENDING.value,
-            "next_attempt_at": now,
+            "status": pending,
         }
-        for email in emails
-    ]
+        row |= {k: v for k, v in (("text", email.text), ("html", email.html)) if k in queue.c}
+        rows.append(row)
     result = await conn.execute(
-        insert(EmailQueue).returning(EmailQueue.id, sort_by_parameter_order=True), rows
+        insert(queue).returning(queue.c.id, sort_by_parameter_order=True), rows
     )
-    return [int(i) for i in result.scalars()]
+    return [str(i) for i in result.scalars()]

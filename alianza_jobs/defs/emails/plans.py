@@ -14,8 +14,8 @@ from typing import Any
 
 from alianza_jobs.clients.http import ApiError, PermanentApiError
 from alianza_jobs.clients.resend import BatchItemResult
-from alianza_jobs.db.models import DeadLetterSource, EmailQueue, EmailStatus
-from alianza_jobs.defs.emails.batches import Batch, SubBatch
+from alianza_jobs.db.models import DeadLetterSource, EmailStatus
+from alianza_jobs.defs.emails.batches import Batch, QueuedEmail, SubBatch
 from alianza_jobs.defs.emails.config import EmailQueueConfig
 from alianza_jobs.logs import TaskLogger
 
@@ -33,11 +33,11 @@ class Plan:
     # Counted when planned, whether or not the write then finds the rows still ours.
     dead_by_reason: dict[str, int] = field(default_factory=dict)
 
-    def change(self, row_id: int, **values: Any) -> None:
+    def change(self, row_id: str, **values: Any) -> None:
         self.changes.append({"id": row_id, **values})
 
     @property
-    def ids(self) -> list[int]:
+    def ids(self) -> list[str]:
         return [c["id"] for c in self.changes]
 
 
@@ -45,7 +45,7 @@ def _clip(text: str | None, limit: int) -> str | None:
     return None if text is None else text[:limit]
 
 
-def dead_letter_payload(row: EmailQueue) -> dict[str, Any]:
+def dead_letter_payload(row: QueuedEmail) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "id": row.id,
         "to_address": row.to_address,
@@ -62,7 +62,7 @@ def dead_letter_payload(row: EmailQueue) -> dict[str, Any]:
 
 
 def kill(
-    plan: Plan, row: EmailQueue, reason: str, now: datetime, *, key: str | None, kind: str
+    plan: Plan, row: QueuedEmail, reason: str, now: datetime, *, key: str | None, kind: str
 ) -> None:
     """Row → ``dead`` with a dead letter, keeping ``key`` (None: cleared); the lease is cleared."""
     reason = reason[:ERROR_CHARS]
@@ -93,7 +93,7 @@ def exhausted(attempts: int, last_error: str | None) -> str:
     return f"gave up after {attempts} attempts; last error: {last_error or 'unknown'}"
 
 
-def restore(plan: Plan, rows: Iterable[EmailQueue]) -> None:
+def restore(plan: Plan, rows: Iterable[QueuedEmail]) -> None:
     """Rows back to the status they had when this run claimed them, lease cleared.
 
     Their key stays as the database has it: if the request did get through after all, the group is
@@ -105,7 +105,7 @@ def restore(plan: Plan, rows: Iterable[EmailQueue]) -> None:
         plan.change(row.id, status=status, locked_until=None, locked_by=None)
 
 
-def restored(rows: Iterable[EmailQueue]) -> Plan:
+def restored(rows: Iterable[QueuedEmail]) -> Plan:
     plan = Plan()
     restore(plan, rows)
     return plan

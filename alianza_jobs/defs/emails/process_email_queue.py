@@ -66,6 +66,9 @@ async def send_due_emails(
     ):
         run = EmailQueueRun(
             engine=engine,
+            # Checked before anything is claimed: a database that cannot hold what the run
+            # writes fails here, not halfway through a batch.
+            tables=await database.platform(engine),
             api=api,
             config=config,
             default_from=app.email_from,

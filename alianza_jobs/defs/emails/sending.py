@@ -21,11 +21,12 @@ from alianza_jobs.clients.http import (
     RetryableApiError,
 )
 from alianza_jobs.clients.resend import MAX_BATCH, OutgoingEmail, ResendClient
-from alianza_jobs.db.claims import RELEASE_TIMEOUT_S, claim_rows, release_held
-from alianza_jobs.db.models import EmailQueue, EmailStatus
+from alianza_jobs.db.claims import RELEASE_TIMEOUT_S, release_held
+from alianza_jobs.db.models import EmailStatus
+from alianza_jobs.db.platform_tables import PlatformTables
 from alianza_jobs.db.types import utcnow
 from alianza_jobs.defs.emails import plans, queue_sql
-from alianza_jobs.defs.emails.batches import Batch, SubBatch, key_for, split
+from alianza_jobs.defs.emails.batches import Batch, QueuedEmail, SubBatch, key_for, split
 from alianza_jobs.defs.emails.config import EmailQueueConfig
 from alianza_jobs.defs.emails.plans import Plan
 from alianza_jobs.defs.emails.rules import InvalidEmail, prepare_email
@@ -55,6 +56,7 @@ class EmailQueueRun:
         self,
         *,
         engine: AsyncEngine,
+        tables: PlatformTables,
         api: ResendClient,
         config: EmailQueueConfig,
         default_from: str,
@@ -64,6 +66,7 @@ class EmailQueueRun:
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.engine = engine
+        self.tables = tables
         self.api = api
         self.config = config
         self.default_from = default_from
@@ -142,7 +145,7 @@ class EmailQueueRun:
             # else, so give back whatever it holds, as it was, rather than wait out the lease.
             released = await release_held(
                 self.engine,
-                EmailQueue,
+                queue_sql.DELIVERIES,
                 owner=owner,
                 log=log,
                 done="Gave back rows claimed as the run was interrupted",
@@ -176,20 +179,19 @@ class EmailQueueRun:
         """A stale group first (whole), else up to ``batch_size`` fresh due rows."""
         while True:
             now = self.clock()
-            key = await queue_sql.stale_group_key(self.engine, now, self.skipped_keys)
+            key = await queue_sql.stale_group_key(self.engine, self.tables, now, self.skipped_keys)
             if key is None:
                 break
-            rows = await claim_rows(
+            rows = await queue_sql.claim_group(
                 self.engine,
-                EmailQueue,
+                self.tables,
+                key,
                 owner=owner,
                 lease=self.lease,
                 limit=MAX_BATCH,
-                due=queue_sql.group_rows(key),
-                order_by=[EmailQueue.id],
                 now=now,
             )
-            if rows and await queue_sql.group_complete(self.engine, key, rows):
+            if rows and await queue_sql.group_complete(self.engine, self.tables, key, rows):
                 self.report.add("resent")
                 return Batch(rows=rows, group_key=key)
             # Another run holds part of this group: sending a part under the key would be a
@@ -197,17 +199,15 @@ class EmailQueueRun:
             await self._write_guarded(Batch(rows=rows), owner, log, plans.restored(rows), None)
             self.skipped_keys.add(key)
         now = self.clock()
-        rows = await claim_rows(
+        rows = await queue_sql.claim_fresh(
             self.engine,
-            EmailQueue,
+            self.tables,
             owner=owner,
             lease=self.lease,
             limit=self.config.batch_size,
-            due=queue_sql.fresh_due(now),
-            order_by=[EmailQueue.next_attempt_at, EmailQueue.id],
             now=now,
         )
-        return Batch(rows=sorted(rows, key=lambda r: r.id)) if rows else None
+        return Batch(rows=rows) if rows else None
 
     async def _stamp(self, batch: Batch, owner: str, log: TaskLogger) -> list[SubBatch]:
         """Validate; dead-letter the invalid rows; stamp key + ``sending`` on the rest; commit.
@@ -217,7 +217,7 @@ class EmailQueueRun:
         """
         now = self.clock()
         plan = Plan()
-        valid: list[tuple[EmailQueue, OutgoingEmail]] = []
+        valid: list[tuple[QueuedEmail, OutgoingEmail]] = []
         for row in batch.rows:
             if batch.group_key is not None and row.attempts >= self.config.max_attempts:
                 # Cut off mid-request on its last allowed attempt (see _release_interrupted).
@@ -252,7 +252,7 @@ class EmailQueueRun:
         for sub in subs:
             for row in sub.rows:
                 plan.change(row.id, status=EmailStatus.SENDING.value, idempotency_key=sub.key)
-        written = await queue_sql.write_plan(self.engine, owner, plan, log=log)
+        written = await queue_sql.write_plan(self.engine, self.tables, owner, plan, log=log)
         self.report.add("dead", sum(1 for d in plan.dead_letters if d["source_id"] in written))
         batch.done |= {d["source_id"] for d in plan.dead_letters}
         batch.done |= {i for i in plan.ids if i not in written}  # lease lost: not ours any more
@@ -306,7 +306,7 @@ class EmailQueueRun:
         batch.done |= {r.id for r in sub.rows}
 
     async def _write_outcome(self, owner: str, plan: Plan, log: TaskLogger) -> None:
-        written = await queue_sql.write_plan(self.engine, owner, plan, log=log)
+        written = await queue_sql.write_plan(self.engine, self.tables, owner, plan, log=log)
         for change in plan.changes:
             if change["id"] not in written:
                 continue
@@ -327,7 +327,7 @@ class EmailQueueRun:
             return
         try:
             async with asyncio.timeout(RELEASE_TIMEOUT_S):
-                written = await queue_sql.write_plan(self.engine, owner, plan, log=log)
+                written = await queue_sql.write_plan(self.engine, self.tables, owner, plan, log=log)
         except Exception as exc:
             log.error(
                 "Could not give rows back; they return to the queue when their lease passes",

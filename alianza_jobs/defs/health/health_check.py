@@ -25,7 +25,6 @@ from alianza_jobs.clients.http import (
 )
 from alianza_jobs.db.engine import read_only
 from alianza_jobs.db.platform_check import check_platform
-from alianza_jobs.db.schema_map import default_map
 from alianza_jobs.defs.health.assets import (
     APP_DATABASE,
     CLOUDFLARE_STREAM_API,
@@ -124,7 +123,8 @@ async def probe_database(database: Database) -> dict[str, Any]:
                 f"expects {head}: run `alianza-jobs db upgrade`"
             )
         # The tables the jobs write must hold what they write, or a run fails halfway.
-        problems = await check_platform(reader, default_map())
+        schema = "public" if database.jobs_schema else None
+        problems = await check_platform(reader, database.platform_map(), schema=schema)
     if problems:
         more = f" (and {len(problems) - 1} more: `alianza-jobs db check`)" if problems[1:] else ""
         raise ProbeError(problems[0] + more)

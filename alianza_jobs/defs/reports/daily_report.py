@@ -89,7 +89,8 @@ async def build_daily_report(
 
     sessions = await asyncio.to_thread(sessions_cleaned, context.instance, start, end)
     async with database.engine() as engine:
-        db = await database_figures(engine, start, end)
+        tables = await database.platform(engine)
+        db = await database_figures(engine, tables, start, end)
         data = report_data(day, start, end, db, sessions)
         if keep_earlier_sessions(data, await stored_data(engine, day)):
             log.info(
@@ -100,7 +101,7 @@ async def build_daily_report(
         # The file first: the email points stakeholders at it, and storing is the last step.
         path: Path = await reports.write_text(report_file_name(day), markdown)
         emails = notification_rows(data, app.alert_email_to, _run_link(context, app))
-        stored = await store_report(engine, day, data, emails)
+        stored = await store_report(engine, tables, day, data, emails)
 
     if stored.enqueued_email_ids:
         notification = "enqueued"

@@ -11,7 +11,7 @@ from typing import Any
 
 import dagster as dg
 from dagster import AssetRecordsFilter
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select
+from sqlalchemy import ColumnElement, Select, Table, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import Label
 
@@ -19,14 +19,15 @@ from alianza_jobs.db.engine import read_only
 from alianza_jobs.db.models import (
     DeadLetter,
     DeadLetterSource,
-    EmailQueue,
+    EmailDelivery,
     EmailStatus,
-    Streaming,
     StreamingStatus,
     StreamVideo,
-    User,
+    VideoCheck,
 )
+from alianza_jobs.db.platform_tables import PlatformTables, keyed_by
 
+CHECKS: Table = VideoCheck.__table__  # type: ignore[assignment]
 SESSION_COUNTERS = ("expired_deleted", "soft_deleted_user_sessions_deleted")
 # Materializations read per request from the instance; a day has one or two cleanup runs.
 MATERIALIZATION_PAGE = 100
@@ -42,14 +43,20 @@ def _within(column: Any, start: datetime, end: datetime) -> ColumnElement[bool]:
     return and_(column >= start, column < end)
 
 
-def _settled_within(start: datetime, end: datetime) -> ColumnElement[bool]:
-    """When a streamings row settled: ``checked_at``, or ``updated_at`` where it was never checked.
-
-    Written as an OR rather than COALESCE so each side stays a plain column comparison.
-    """
-    return or_(
-        _within(Streaming.checked_at, start, end),
-        and_(Streaming.checked_at.is_(None), _within(Streaming.updated_at, start, end)),
+def _videos_settled(
+    tables: PlatformTables, state: StreamingStatus, start: datetime, end: datetime
+) -> Any:
+    """Platform rows in ``state`` whose check the video queue made within the window: the platform
+    row has no settle time of its own, our ``video_checks`` row does."""
+    s = tables.streamings
+    return (
+        select(func.count())
+        .select_from(CHECKS.join(s, keyed_by(s, CHECKS.c.streaming_id)))
+        .where(
+            s.c.status == tables.status("streamings", state.value),
+            _within(CHECKS.c.checked_at, start, end),
+        )
+        .scalar_subquery()
     )
 
 
@@ -57,22 +64,24 @@ def _count(model: type, *where: ColumnElement[bool]) -> Any:
     return select(func.count()).select_from(model).where(*where).scalar_subquery()
 
 
-def figures_query(start: datetime, end: datetime) -> Select[Any]:
+def figures_query(tables: PlatformTables, start: datetime, end: datetime) -> Select[Any]:
     """Every database figure of the day in one SELECT of scalar subqueries: one snapshot."""
+    users = tables.users
     columns: list[Label[Any]] = [
+        _videos_settled(tables, StreamingStatus.READY, start, end).label("videos_ready"),
+        _videos_settled(tables, StreamingStatus.ERROR, start, end).label("videos_errored"),
+        # Our deliveries, not the platform rows: their sent time and state are the jobs' own.
+        _count(EmailDelivery, _within(EmailDelivery.sent_at, start, end)).label("emails_sent"),
         _count(
-            Streaming, Streaming.status == StreamingStatus.READY.value, _settled_within(start, end)
-        ).label("videos_ready"),
-        _count(
-            Streaming, Streaming.status == StreamingStatus.ERROR.value, _settled_within(start, end)
-        ).label("videos_errored"),
-        _count(EmailQueue, _within(EmailQueue.sent_at, start, end)).label("emails_sent"),
-        _count(
-            EmailQueue,
-            EmailQueue.status == EmailStatus.FAILED.value,
-            _within(EmailQueue.updated_at, start, end),
+            EmailDelivery,
+            EmailDelivery.status == EmailStatus.FAILED.value,
+            _within(EmailDelivery.updated_at, start, end),
         ).label("emails_failed"),
-        _count(User, _within(User.created_at, start, end)).label("users_created"),
+        select(func.count())
+        .select_from(users)
+        .where(_within(users.c.created_at, start, end))
+        .scalar_subquery()
+        .label("users_created"),
         _count(StreamVideo, _within(StreamVideo.stream_created, start, end)).label(
             "catalog_videos_created"
         ),
@@ -91,10 +100,26 @@ def figures_query(start: datetime, end: datetime) -> Select[Any]:
     return select(*columns)
 
 
-async def database_figures(engine: AsyncEngine, start: datetime, end: datetime) -> dict[str, int]:
+FIGURE_KEYS = (
+    "videos_ready",
+    "videos_errored",
+    "emails_sent",
+    "emails_failed",
+    "users_created",
+    "catalog_videos_created",
+    "catalog_videos_modified",
+    *(f"dead_letters_{source.value}" for source in DeadLetterSource),
+)
+
+
+async def database_figures(
+    engine: AsyncEngine, tables: PlatformTables, start: datetime, end: datetime
+) -> dict[str, int]:
     async with read_only(engine).connect() as conn:
-        row = (await conn.execute(figures_query(start, end))).one()
-    return {key: int(value or 0) for key, value in row._mapping.items()}
+        row = (await conn.execute(figures_query(tables, start, end))).one()
+    figures = {key: int(value or 0) for key, value in row._mapping.items()}
+    assert tuple(figures) == FIGURE_KEYS, "FIGURE_KEYS names every figure, in order"
+    return figures
 
 
 @dataclass(frozen=True)

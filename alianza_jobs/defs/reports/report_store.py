@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from alianza_jobs.db.engine import read_only
 from alianza_jobs.db.models import DailyReport
+from alianza_jobs.db.platform_tables import PlatformTables
 from alianza_jobs.db.types import utcnow
 from alianza_jobs.defs.emails import NewEmail, enqueue_emails
 from alianza_jobs.defs.reports.report_figures import utc_iso
@@ -25,12 +26,13 @@ NOTIFICATION_KEY = "notification"
 @dataclass(frozen=True)
 class StoredReport:
     data: dict[str, Any]
-    enqueued_email_ids: list[int]
+    enqueued_email_ids: list[str]
     """Queue ids enqueued by *this* run (empty when an earlier run already had, or no recipients)."""
 
 
 async def store_report(
     engine: AsyncEngine,
+    tables: PlatformTables,
     day: date,
     data: Mapping[str, Any],
     emails: Sequence[NewEmail],
@@ -54,9 +56,9 @@ async def store_report(
             )
         ).scalar_one()
         notification = current.get(NOTIFICATION_KEY) if isinstance(current, dict) else None
-        enqueued: list[int] = []
+        enqueued: list[str] = []
         if notification is None and emails:
-            enqueued = await enqueue_emails(conn, emails)
+            enqueued = await enqueue_emails(conn, tables, emails)
             notification = {
                 "email_queue_ids": enqueued,
                 "to": [e.to for e in emails],

@@ -12,11 +12,11 @@ from pathlib import Path
 import dagster as dg
 from dagster import DagsterRunStatus, OpExecutionContext, RunsFilter
 from pydantic import Field
-from sqlalchemy import ColumnElement, delete, exists, func, select
+from sqlalchemy import ColumnElement, Table, delete, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from alianza_jobs.db.engine import read_only
-from alianza_jobs.db.models import User, UserSession
+from alianza_jobs.db.platform_tables import PlatformTables
 from alianza_jobs.db.types import utcnow
 from alianza_jobs.logs import TaskLogger, get_logger
 from alianza_jobs.platform.task import Retry, TaskReport, TaskSpec
@@ -47,16 +47,21 @@ class CleanupConfig(dg.Config):
     dry_run: bool = Field(default=False, description="Count what would go; delete nothing.")
 
 
-def expired(now: datetime) -> ColumnElement[bool]:
-    return UserSession.expires_at <= now
+def expired(tables: PlatformTables, now: datetime) -> ColumnElement[bool]:
+    return tables.user_sessions.c.expires_at <= now
 
 
-def of_soft_deleted_user() -> ColumnElement[bool]:
-    return exists().where(User.id == UserSession.user_id, User.deleted_at.is_not(None))
+def of_soft_deleted_user(tables: PlatformTables) -> ColumnElement[bool] | None:
+    """None when the platform's users have no soft delete (the map names no ``deleted_at``)."""
+    users, sessions = tables.users, tables.user_sessions
+    if "deleted_at" not in users.c:
+        return None
+    return exists().where(users.c.id == sessions.c.user_id, users.c.deleted_at.is_not(None))
 
 
 async def delete_in_batches(
     engine: AsyncEngine,
+    sessions: Table,
     condition: ColumnElement[bool],
     *,
     batch_size: int,
@@ -67,9 +72,9 @@ async def delete_in_batches(
     batches = 0
     started = time.perf_counter()
     while True:
-        victims = select(UserSession.id).where(condition).limit(batch_size)
+        victims = select(sessions.c.id).where(condition).limit(batch_size)
         async with engine.begin() as conn:
-            result = await conn.execute(delete(UserSession).where(UserSession.id.in_(victims)))
+            result = await conn.execute(delete(sessions).where(sessions.c.id.in_(victims)))
         deleted = int(result.rowcount or 0)
         if deleted == 0:
             break
@@ -87,9 +92,11 @@ async def delete_in_batches(
     return total
 
 
-async def count_sessions(engine: AsyncEngine, condition: ColumnElement[bool]) -> int:
+async def count_sessions(
+    engine: AsyncEngine, sessions: Table, condition: ColumnElement[bool]
+) -> int:
     async with read_only(engine).connect() as conn:
-        count = await conn.scalar(select(func.count()).select_from(UserSession).where(condition))
+        count = await conn.scalar(select(func.count()).select_from(sessions).where(condition))
     return int(count or 0)
 
 
@@ -168,19 +175,30 @@ async def delete_expired_sessions(
     )
     # Expired first; then the live sessions of soft-deleted users (their expired ones are gone by
     # then, so each session is counted once).
-    kinds = {
-        "expired_deleted": expired(now),
-        "soft_deleted_user_sessions_deleted": of_soft_deleted_user() & ~expired(now),
-    }
     async with database.engine() as engine:
+        tables = await database.platform(engine)
+        sessions = tables.user_sessions
+        soft_deleted = of_soft_deleted_user(tables)
+        kinds = {
+            "expired_deleted": expired(tables, now),
+            "soft_deleted_user_sessions_deleted": None
+            if soft_deleted is None
+            else soft_deleted & ~expired(tables, now),
+        }
         for key, condition in kinds.items():
-            if config.dry_run:
-                removed = await count_sessions(engine, condition)
+            if condition is None:
+                report.add(key, 0)
+            elif config.dry_run:
+                report.add(key, await count_sessions(engine, sessions, condition))
             else:
                 removed = await delete_in_batches(
-                    engine, condition, batch_size=config.batch_size, log=log.child(kind=key)
+                    engine,
+                    sessions,
+                    condition,
+                    batch_size=config.batch_size,
+                    log=log.child(kind=key),
                 )
-            report.add(key, removed)
+                report.add(key, removed)
     report.add(
         "runs_pruned",
         await prune_run_history(

@@ -13,10 +13,9 @@ from dagster import Backoff, Jitter, OpExecutionContext
 
 from alianza_jobs.clients.http import ApiError
 from alianza_jobs.db.claims import release_held
-from alianza_jobs.db.models import Streaming
 from alianza_jobs.defs.videos.queue_config import VideoQueueConfig
 from alianza_jobs.defs.videos.queue_run import VideoQueueRun
-from alianza_jobs.defs.videos.queue_sql import NO_EXTERNAL_ID, lease_due_rows
+from alianza_jobs.defs.videos.queue_sql import CHECKS, NO_EXTERNAL_ID, lease_due_rows
 from alianza_jobs.defs.videos.reconcile import NOT_FOUND_REASON
 from alianza_jobs.logs import get_logger
 from alianza_jobs.platform.breakers import DatabaseBreakerStore
@@ -81,13 +80,15 @@ async def check_queued_videos(
         database.engine() as engine,
         stream.client(breaker_store=DatabaseBreakerStore(engine)) as api,
     ):
-        run = VideoQueueRun(engine, api, owner, config, log)
+        # Before anything is leased: a database that cannot hold what the run writes fails here.
+        tables = await database.platform(engine)
+        run = VideoQueueRun(engine, tables, api, owner, config, log)
         error: ApiError | None = None
         try:
             # Inside the try: a cancellation landing as the lease commits must still give the
             # rows back (release_held works from the owner id, not from what we saw).
             leased = await lease_due_rows(
-                engine, owner=owner, lease=timedelta(seconds=config.lease_seconds)
+                engine, tables, owner=owner, lease=timedelta(seconds=config.lease_seconds)
             )
             run.counts["processed"] = leased
             log.info("Leased queued videos", rows=leased)
@@ -103,7 +104,7 @@ async def check_queued_videos(
         finally:
             # Also on cancellation (the task timeout): what is still ours goes back now.
             run.counts["deferred"] += await release_held(
-                engine, Streaming, owner=owner, log=log, done="Gave back rows left for the next run"
+                engine, CHECKS, owner=owner, log=log, done="Gave back rows left for the next run"
             )
         if error is not None:
             run.counts["api_calls"] = api.calls

@@ -26,7 +26,7 @@ from alianza_jobs.clients.http import (
 )
 from alianza_jobs.clients.stream import StreamClient, StreamVideo
 from alianza_jobs.db.claims import release_rows, write_rows
-from alianza_jobs.db.models import Streaming
+from alianza_jobs.db.platform_tables import PlatformTables
 from alianza_jobs.db.types import utcnow
 from alianza_jobs.defs.videos import queue_sql
 from alianza_jobs.defs.videos.queue_config import VideoQueueConfig
@@ -59,6 +59,7 @@ class LookupResult:
 @dataclass
 class VideoQueueRun:
     engine: AsyncEngine
+    tables: PlatformTables
     api: StreamClient
     owner: str
     config: VideoQueueConfig
@@ -74,7 +75,7 @@ class VideoQueueRun:
 
     async def settle_missing_external_ids(self) -> None:
         settled = await queue_sql.settle_missing_external_ids(
-            self.engine, self.owner, dry_run=self.config.dry_run
+            self.engine, self.tables, self.owner, dry_run=self.config.dry_run
         )
         if settled:
             self.counts["errored"] += settled
@@ -82,7 +83,7 @@ class VideoQueueRun:
             self.log.warning("Rows without an external id marked error", rows=settled)
 
     async def count_unseen(self) -> int:
-        return await queue_sql.count_owned(self.engine, self.owner)
+        return await queue_sql.count_owned(self.engine, self.tables, self.owner)
 
     def listing_page_budget(self, rows: int) -> int:
         if self.config.max_listing_pages is not None:
@@ -92,7 +93,7 @@ class VideoQueueRun:
 
     async def reconcile_listing(self) -> None:
         """Phase 2: read the catalog from the oldest leased row on, settling page by page."""
-        oldest = await queue_sql.oldest_owned(self.engine, self.owner)
+        oldest = await queue_sql.oldest_owned(self.engine, self.tables, self.owner)
         if oldest is None:
             return
         self.listing_from = oldest - timedelta(seconds=self.config.listing_margin_seconds)
@@ -169,7 +170,7 @@ class VideoQueueRun:
         lookups = self.config.lookup_batch_size > 0
         while self.stop_reason is None:
             batch = self.config.lookup_batch_size if lookups else self.config.get_concurrency * 16
-            uids = await queue_sql.next_unseen_uids(self.engine, self.owner, batch)
+            uids = await queue_sql.next_unseen_uids(self.engine, self.tables, self.owner, batch)
             if not uids:
                 return
             progress = 0
@@ -294,17 +295,27 @@ class VideoQueueRun:
         Returns the rows matched and how many got each outcome."""
         if not verdicts:
             return 0, {}
-        rows = await queue_sql.owned_rows_of(self.engine, self.owner, list(verdicts))
+        rows = await queue_sql.owned_rows_of(self.engine, self.tables, self.owner, list(verdicts))
         if not rows:
             return 0, {}
         plan = plan_write(rows, verdicts, now=utcnow(), max_attempts=self.config.max_attempts)
         if self.config.dry_run:
-            await release_rows(self.engine, Streaming, owner=self.owner, ids=plan.labels)
+            await release_rows(self.engine, queue_sql.CHECKS, owner=self.owner, ids=plan.labels)
             written = set(plan.labels)
         else:
             await queue_sql.record_dead_letters(self.engine, plan.dead_letters)
+            ours = [
+                {k: v for k, v in change.items() if k not in queue_sql.PLATFORM_COLUMNS}
+                for change in plan.changes
+            ]
             written = set(
-                await write_rows(self.engine, Streaming, owner=self.owner, changes=plan.changes)
+                await write_rows(
+                    self.engine,
+                    queue_sql.CHECKS,
+                    owner=self.owner,
+                    changes=ours,
+                    also=queue_sql.write_platform(self.tables, plan.changes),
+                )
             )
         labels = Counter(label for row_id, label in plan.labels.items() if row_id in written)
         lost = len(plan.labels) - len(written)
@@ -330,6 +341,6 @@ class VideoQueueRun:
         """Give back the rows of these uids unchanged: they are asked about next tick."""
         if not uids:
             return 0
-        released = await queue_sql.release_uids(self.engine, self.owner, uids)
+        released = await queue_sql.release_uids(self.engine, self.tables, self.owner, uids)
         self.counts["deferred"] += released
         return released

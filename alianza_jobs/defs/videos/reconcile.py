@@ -66,7 +66,7 @@ def verdict_for_error(error: ApiError) -> Verdict | None:
 
 @dataclass(frozen=True)
 class LeasedRow:
-    id: int
+    id: str  # the platform row's id, as text
     external_id: str
     attempts: int
 
@@ -77,7 +77,7 @@ class PlannedWrite:
 
     changes: list[dict[str, Any]] = field(default_factory=list)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
-    labels: dict[int, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
     failures: list[tuple[LeasedRow, str, bool]] = field(default_factory=list)
 
 

@@ -19,7 +19,7 @@ from dagster import (
 from dagster._core.test_utils import freeze_time
 from sqlalchemy import select
 
-from alianza_jobs.db.models import EmailQueue
+from alianza_jobs.db.platform_models import EmailQueue
 from alianza_jobs.defs.alerts.sensors import (
     alert_on_run_failure,
     decide_on_failure,
@@ -27,6 +27,7 @@ from alianza_jobs.defs.alerts.sensors import (
 )
 from alianza_jobs.resources import AppConfig, Database
 from alianza_jobs_tests.db.helpers import migrated_engine
+from alianza_jobs_tests.defs.emails.fixtures import deliveries_by_id
 from alianza_jobs_tests.platform import defs
 
 WEBHOOK = "https://hooks.example.test/services/T000/B000/XXXX"
@@ -85,6 +86,11 @@ def _emails(db_url: str) -> list[EmailQueue]:
     return asyncio.run(fetch())
 
 
+async def _deliveries(db_url: str) -> dict[str, object]:
+    async with migrated_engine(db_url) as engine:
+        return dict(await deliveries_by_id(engine))
+
+
 def test_ten_failures_one_alert_then_one_recovery(db_url: str) -> None:
     instance = DagsterInstance.get()
     resources = _resources(db_url)
@@ -102,6 +108,9 @@ def test_ten_failures_one_alert_then_one_recovery(db_url: str) -> None:
         assert emails[0].subject.startswith("[alianza-jobs] toggle failed")
         assert "Error: RuntimeError: upstream is down" in emails[0].text
         assert "http://dagster.internal:3000/runs/" in emails[0].text
+        # Queued on the platform, due now; the email queue makes its delivery when it claims it.
+        assert emails[0].status == "pending"
+        assert asyncio.run(_deliveries(db_url)) == {}
 
         defs.state_file("toggle-fail").unlink()
         for _ in range(2):

@@ -9,17 +9,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 from dagster import Backoff, Definitions, Failure, Jitter, build_op_context
-from sqlalchemy import insert
+from sqlalchemy import delete, insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from alianza_jobs.db import migrate
+from alianza_jobs.db.engine import create_engine
 from alianza_jobs.db.models import CircuitBreaker
+from alianza_jobs.db.platform_models import EmailQueue
 from alianza_jobs.db.types import utcnow
 from alianza_jobs.defs.emails import process_email_queue as task
 from alianza_jobs.defs.emails import sending
@@ -30,17 +33,23 @@ from alianza_jobs.defs.emails.process_email_queue import (
 )
 from alianza_jobs.defs.emails.rules import normalize_address
 from alianza_jobs.emulators import ResendEmulator
-from alianza_jobs.resources import AppConfig
+from alianza_jobs.resources import AppConfig, Database
 from alianza_jobs.settings import load_settings
-from alianza_jobs_tests.db.helpers import migrated_engine
+from alianza_jobs_tests.db.helpers import (
+    DRIZZLE_SCHEMA_MAP,
+    create_drizzle_platform_schema,
+    migrated_engine,
+)
 from alianza_jobs_tests.defs.emails import fixtures as email_fixtures
 from alianza_jobs_tests.defs.emails.fixtures import (
     EMAIL_FROM,
     Row,
     add_emails,
     dead_letters,
+    deliveries_by_id,
     email,
     later,
+    merged,
     metadata_of,
     resources,
     rows_by_id,
@@ -54,8 +63,18 @@ T = TypeVar("T")
 OP = "send_due_emails"
 
 
-async def run_op(url: str, state_dir: Path, config: EmailQueueConfig, **resend: Any) -> Any:
-    with build_op_context(resources=resources(url, state_dir, **resend)) as context:
+async def run_op(
+    url: str,
+    state_dir: Path,
+    config: EmailQueueConfig,
+    *,
+    schema_map: Path | None = None,
+    **resend: Any,
+) -> Any:
+    res = resources(url, state_dir, **resend)
+    if schema_map is not None:
+        res["database"] = Database(url=url, schema_map=str(schema_map))
+    with build_op_context(resources=res) as context:
         return await send_due_emails(context, config)
 
 
@@ -64,9 +83,10 @@ def value_of(materialization: Any, name: str) -> Any:
 
 
 def assert_delivered_once(
-    emulator: ResendEmulator, rows: dict[int, Row], sent_ids: set[int]
+    emulator: ResendEmulator, rows: dict[str, Row], sent_ids: set[str]
 ) -> None:
-    """Each sent row: its email in the inbox exactly once, under its key, with its id."""
+    """Each sent row: its email in the inbox exactly once, under its key, with its id; the
+    platform's row says sent too."""
     inbox = emulator.inbox()
     by_id = {e.id: e for e in inbox}
     assert len(by_id) == len(inbox)
@@ -81,6 +101,12 @@ def assert_delivered_once(
         assert delivered.idempotency_key == row.idempotency_key
         assert row.sent_at is not None
         assert (row.locked_by, row.locked_until) == (None, None)
+        assert row.platform_status == "sent"
+        # A `timestamp without time zone` platform column reads naive: it holds UTC.
+        platform_sent_at = row.platform_sent_at
+        if platform_sent_at is not None and platform_sent_at.tzinfo is None:
+            platform_sent_at = platform_sent_at.replace(tzinfo=UTC)
+        assert platform_sent_at == row.sent_at, row
     keys = Counter(rows[i].idempotency_key for i in sent_ids)
     assert emulator.counts_by_idempotency_key() == dict(keys)
 
@@ -157,7 +183,7 @@ async def test_sends_valid_rows_once_and_dead_letters_invalid_ones(
     # From EMAIL_FROM when the row has none; from the row otherwise; IDN domain as A-label.
     sent = {e.id: e for e in emulator.inbox()}
 
-    def delivered(row_id: int) -> Any:
+    def delivered(row_id: str) -> Any:
         return sent[str(rows[row_id].provider_message_id)]
 
     assert delivered(ids[0]).from_ == EMAIL_FROM
@@ -171,44 +197,62 @@ async def test_sends_valid_rows_once_and_dead_letters_invalid_ones(
         row = rows[row_id]
         assert (row.status, row.idempotency_key, row.provider_message_id) == ("dead", None, None)
         assert row.last_error is not None and row.last_error.startswith("invalid: ")
+        assert (row.platform_status, row.platform_last_error) == ("dead", row.last_error)
         assert letters[row_id].error == row.last_error, why
         assert letters[row_id].source == "email_queue"
         assert letters[row_id].payload["to_address"] == row.to_address
         assert letters[row_id].payload["subject"] == row.subject
     assert "subject" in rows[invalid_ids[1]].last_error  # type: ignore[operator]
     assert "line break" in rows[invalid_ids[1]].last_error  # type: ignore[operator]
-    assert rows[refused_id].status == "dead"
+    assert (rows[refused_id].status, rows[refused_id].platform_status) == ("dead", "dead")
     assert rows[refused_id].idempotency_key is None  # Resend answered: nothing sent under it
     assert "refused by Resend" in (rows[refused_id].last_error or "")
     assert all(e.to != [rows[i].to_address] for e in emulator.inbox() for i in invalid_ids)
     assert not [r for r in rows.values() if r.status == "sending" or r.locked_by is not None]
+    assert not [r for r in rows.values() if r.platform_status == "sending"]
 
 
 async def test_nothing_due_means_nothing_sent(
     engine: AsyncEngine, database_url: str, state_dir: Path, emulator: ResendEmulator
 ) -> None:
     future = utcnow() + timedelta(hours=1)
-    await add_emails(
+    ids = await add_emails(
         engine,
         [
             email(1, next_attempt_at=future),
-            email(2, status="sent"),
+            email(2, status="sent"),  # finished on the platform, never ours: no delivery
             email(3, status="dead"),
             email(4, status="failed", next_attempt_at=future),
+            email(5, status="sent", next_attempt_at=utcnow()),  # ours: sent, whatever is due
+            # Put back to pending on the platform, but dead to us: only a replay sends it.
+            email(6, status="dead", platform_status="pending"),
         ],
     )
+    before = await rows_by_id(engine)
     meta = metadata_of(await run_op(database_url, state_dir, EmailQueueConfig()))
     assert (meta["processed"], meta["sent"], meta["api_calls"]) == (0, 0, 0)
     assert emulator.count() == 0
+    after = await rows_by_id(engine)
+    assert after == before
+    assert [after[i].has_delivery for i in ids] == [True, False, False, True, True, True]
 
 
 async def test_a_sending_row_without_a_key_is_taken_as_fresh(
     engine: AsyncEngine, database_url: str, state_dir: Path, emulator: ResendEmulator
 ) -> None:
-    """This task stamps `sending` and the key together; a row written otherwise is not stuck."""
-    ids = await add_emails(engine, [email(1, status="sending")])
+    """This task stamps `sending` and the key together; a row written otherwise is not stuck:
+    neither one the platform says is sending, nor one whose delivery is, without a key."""
+    ids = await add_emails(
+        engine,
+        [email(1, status="sending"), email(2, status="sending", next_attempt_at=utcnow())],
+    )
+    rows = await rows_by_id(engine)
+    assert [(rows[i].status, rows[i].has_delivery) for i in ids] == [
+        ("sending", False),
+        ("sending", True),
+    ]
     meta = metadata_of(await run_op(database_url, state_dir, EmailQueueConfig()))
-    assert (meta["sent"], meta["resent"]) == (1, 0)
+    assert (meta["sent"], meta["resent"]) == (2, 0)
     assert_delivered_once(emulator, await rows_by_id(engine), set(ids))
 
 
@@ -230,7 +274,8 @@ async def test_unknown_outcome_is_resent_under_the_same_key_and_not_delivered_tw
     assert key is not None
     for row in rows.values():
         assert (row.status, row.attempts, row.locked_by) == ("failed", 1, None)
-        assert row.next_attempt_at > utcnow()  # backoff
+        assert row.platform_status == "failed"
+        assert row.next_attempt_at is not None and row.next_attempt_at > utcnow()  # backoff
         assert "HTTP 500" in (row.last_error or "")
     assert emulator.counts_by_idempotency_key() == {key: 10}  # it did get through
 
@@ -262,11 +307,59 @@ async def test_attempts_exhausted_go_dead_with_their_key_kept(
     for row_id in ids:
         row = rows[row_id]
         assert (row.status, row.attempts, row.idempotency_key) == ("dead", 3, key)
+        assert (row.platform_status, row.platform_last_error) == ("dead", row.last_error)
         assert row.last_error is not None
         assert row.last_error.startswith("gave up after 3 attempts; last error: attempt 3:")
         assert letters[row_id].error == row.last_error
         assert letters[row_id].payload["idempotency_key"] == key
     assert emulator.count() == 0
+
+
+@pytest.mark.parametrize("delivered", [False, True], ids=["not_delivered", "delivered"])
+async def test_a_group_whose_platform_row_was_deleted_is_settled_without_it(
+    engine: AsyncEngine,
+    database_url: str,
+    state_dir: Path,
+    emulator: ResendEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+    delivered: bool,
+) -> None:
+    """The platform deletes a queued email while its group waits for a retry: its delivery is
+    left behind, and the rest of the group must still be settled under the group's key, not wait
+    forever for a row no claim can read back. Sent if the first request never got through; dead
+    (an idempotency conflict, nothing sent twice) if it did."""
+    ids = await add_emails(engine, [email(i) for i in range(3)])
+    emulator.configure(
+        error_rate=1.0, error_statuses=[500], fault_after_processing_share=float(delivered)
+    )
+    meta = metadata_of(await run_op(database_url, state_dir, EmailQueueConfig(), max_attempts=1))
+    assert meta["retrying"] == 3
+    [key] = {r.idempotency_key for r in (await rows_by_id(engine)).values()}
+    assert key is not None
+    async with engine.begin() as conn:
+        await conn.execute(delete(EmailQueue).where(EmailQueue.id == int(ids[0])))
+    emulator.configure(error_rate=0.0)
+    monkeypatch.setattr(sending, "now_utc", later(3600))
+
+    meta = metadata_of(await run_op(database_url, state_dir, EmailQueueConfig(), max_attempts=1))
+
+    assert (meta["processed"], meta["resent"]) == (2, 1)
+    rows = await rows_by_id(engine)
+    assert set(rows) == set(ids[1:])
+    assert all(count == 1 for count in emulator.counts_by_message().values()), "a duplicate"
+    if delivered:
+        assert (meta["dead"], meta["dead_conflict"]) == (2, 2)
+        assert {(r.status, r.platform_status) for r in rows.values()} == {("dead", "dead")}
+        assert {d.source_id for d in await dead_letters(engine)} == set(ids[1:])
+        assert len(emulator.inbox()) == 3
+    else:
+        assert meta["sent"] == 2
+        assert_delivered_once(emulator, rows, set(ids[1:]))
+        assert {r.idempotency_key for r in rows.values()} == {key}
+        assert len(emulator.inbox()) == 2
+    # Nothing is left waiting: another run finds nothing to do.
+    meta = metadata_of(await run_op(database_url, state_dir, EmailQueueConfig()))
+    assert (meta["processed"], meta["api_calls"]) == (0, 0)
 
 
 async def test_auth_failure_fails_without_retries_and_gives_the_rows_back(
@@ -290,6 +383,7 @@ async def test_auth_failure_fails_without_retries_and_gives_the_rows_back(
             None,
             None,
         )
+        assert row.platform_status == "pending"
     assert await dead_letters(engine) == []
 
     emulator.configure(require_key=None)
@@ -317,7 +411,10 @@ async def test_open_breaker_fails_the_run_without_calling_resend(
     assert caught.value.allow_retries is False
     assert "circuit open for resend" in str(caught.value.description)
     assert emulator.calls(service="resend") == 0
-    assert {r.status for r in (await rows_by_id(engine)).values()} == {"pending"}
+    rows = (await rows_by_id(engine)).values()
+    assert {(r.status, r.platform_status, r.locked_by) for r in rows} == {
+        ("pending", "pending", None)
+    }
 
 
 async def test_rate_limit_stops_the_run_early_and_the_rest_waits_for_the_next_tick(
@@ -333,7 +430,9 @@ async def test_rate_limit_stops_the_run_early_and_the_rest_waits_for_the_next_ti
     rows = await rows_by_id(engine)
     assert_delivered_once(emulator, rows, set(ids[:5]))
     for row_id in ids[5:]:
-        assert (rows[row_id].status, rows[row_id].attempts, rows[row_id].locked_by) == (
+        row = rows[row_id]
+        assert (row.status, row.platform_status, row.attempts, row.locked_by) == (
+            "pending",
             "pending",
             0,
             None,
@@ -406,9 +505,14 @@ async def test_crash_between_send_and_write_is_resent_under_the_same_key(
     assert emulator.counts_by_idempotency_key() == {key: 8}  # Resend did send them
     for row in rows.values():
         # Outcome unknown to us: given back as failed, key kept, the attempt counted, due now.
-        assert (row.status, row.attempts, row.locked_by) == ("failed", 1, None)
+        assert (row.status, row.platform_status, row.attempts, row.locked_by) == (
+            "failed",
+            "failed",
+            1,
+            None,
+        )
         assert "interrupted" in (row.last_error or "")
-        assert row.next_attempt_at <= utcnow()
+        assert row.next_attempt_at is not None and row.next_attempt_at <= utcnow()
 
     meta = metadata_of(await run_op(database_url, state_dir, EmailQueueConfig()))
     assert (meta["sent"], meta["resent"]) == (8, 1)
@@ -432,7 +536,9 @@ async def test_process_killed_after_send_rows_wait_for_the_lease_then_no_duplica
     rows = await rows_by_id(engine)
     [key] = {r.idempotency_key for r in rows.values()}
     assert key is not None
-    assert {(r.status, r.locked_by is not None) for r in rows.values()} == {("sending", True)}
+    assert {(r.status, r.platform_status, r.locked_by is not None) for r in rows.values()} == {
+        ("sending", "sending", True)
+    }
     calls = emulator.calls(service="resend")
 
     # Before the lease passes another run leaves the rows alone: they may still be in flight.
@@ -484,12 +590,13 @@ async def test_cancelled_while_the_request_is_in_flight(
     with pytest.raises(asyncio.CancelledError):
         await run
     for row in (await rows_by_id(engine)).values():
-        assert (row.status, row.attempts, row.locked_by, row.idempotency_key) == (
+        assert (row.status, row.platform_status, row.attempts, row.locked_by) == (
+            "failed",
             "failed",
             1,
             None,
-            key,
         )
+        assert row.idempotency_key == key
 
     assert await in_flight()  # still held, though its client has gone
     emulator.configure(hold_requests=[])
@@ -507,11 +614,21 @@ async def test_two_runs_at_once_never_send_a_row_twice(
     engine: AsyncEngine, database_url: str, state_dir: Path, emulator: ResendEmulator
 ) -> None:
     ids = await add_emails(engine, [email(i) for i in range(300)])
-    emulator.configure(rate_limit_requests=200)
-    config = EmailQueueConfig(batch_size=20)
+    # Resend holds the first request in flight until another has been served. With one worker
+    # per run, that one is the other run's: neither can drain the queue alone, however the
+    # machine schedules the two.
+    emulator.configure(rate_limit_requests=200, hold_requests=[1])
+    config = EmailQueueConfig(batch_size=20, concurrency=1)
 
-    first, second = await asyncio.gather(
-        run_op(database_url, state_dir, config), run_op(database_url, state_dir, config)
+    async def release_once_both_sent() -> None:
+        while await asyncio.to_thread(emulator.calls, service="resend") < 1:
+            await asyncio.sleep(0.02)
+        await asyncio.to_thread(emulator.configure, hold_requests=[])
+
+    first, second, _ = await asyncio.gather(
+        run_op(database_url, state_dir, config),
+        run_op(database_url, state_dir, config),
+        release_once_both_sent(),
     )
 
     sent = metadata_of(first)["sent"] + metadata_of(second)["sent"]
@@ -527,7 +644,7 @@ INVALID_SUBJECTS = ["Hola\r\nBcc: all@example.com", "Hola\nX-Spam: yes", "Hola\r
 INVALID_ADDRESSES = ["not-an-address", "ana@localhost", "a..b@example.com", "x@-bad.com", ""]
 
 
-async def _seed_queue(url: str, n: int, invalid_every: int) -> tuple[set[int], set[int]]:
+async def _seed_queue(url: str, n: int, invalid_every: int) -> tuple[set[str], set[str]]:
     rows = []
     bad_positions = []
     for i in range(n):
@@ -547,7 +664,7 @@ async def _seed_queue(url: str, n: int, invalid_every: int) -> tuple[set[int], s
     return set(ids) - invalid, invalid
 
 
-async def _read(url: str) -> tuple[dict[int, Row], list[Any]]:
+async def _read(url: str) -> tuple[dict[str, Row], list[Any]]:
     async with migrated_engine(url) as engine:
         return await rows_by_id(engine), await dead_letters(engine)
 
@@ -593,10 +710,11 @@ def test_job_delivers_every_valid_email_exactly_once_despite_500s_and_the_rate_l
     rows, letters = run_async(_read(database_url))
     assert_delivered_once(emulator, rows, valid)
     assert len(emulator.inbox()) == 950
-    assert {rows[i].status for i in invalid} == {"dead"}
+    assert {(rows[i].status, rows[i].platform_status) for i in invalid} == {("dead", "dead")}
     assert sorted(d.source_id for d in letters) == sorted(invalid)
     assert all(d.error.startswith("invalid: ") for d in letters)
     assert not [r for r in rows.values() if r.status == "sending" or r.locked_by is not None]
+    assert not [r for r in rows.values() if r.platform_status == "sending"]
     # The faults did happen and took the retry path: rows sent on a later attempt, some of them
     # re-sent after Resend had already delivered them (answered from its cache, not re-sent).
     assert emulator.calls(service="resend", status=500) >= 2
@@ -633,3 +751,159 @@ def test_throughput_against_resends_rate_limit(database_url: str, state_dir: Pat
     # Paced by the ratelimit-* headers: never refused. How close to the bound it runs is measured
     # by `make bench` (email workload), not asserted here, where the machine's load decides it.
     assert emulator.calls(service="resend", status=429) == 0
+
+
+# -- on the platform's own schema, as Drizzle made it ------------------------------------------------
+# Postgres only: uuid ids, an enum status without `sending` or `dead`, `to` and `error` columns,
+# timestamps without time zone. The rows are written and read back in SQL of the platform's own
+# names, so what is checked is what the platform sees, not the jobs' reflection of it.
+
+INSERT_DRIZZLE_EMAIL = text(
+    'INSERT INTO email_queue ("to", subject, text, status) '
+    "VALUES (:to, :subject, :text, 'pending') RETURNING id::text"
+)
+READ_DRIZZLE_EMAILS = text(
+    'SELECT id::text AS id, "to" AS to_address, subject, status::text AS status, sent_at, '
+    "error AS last_error FROM email_queue ORDER BY id"
+)
+
+
+@pytest.fixture
+async def drizzle_engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
+    """A Postgres database with the Drizzle platform tables and the jobs' tables at head."""
+    create_drizzle_platform_schema(postgres_url)
+    engine = create_engine(postgres_url)
+    try:
+        await migrate.upgrade(engine)
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+async def add_drizzle_emails(engine: AsyncEngine, rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    async with engine.begin() as conn:
+        return [
+            str(
+                await conn.scalar(
+                    INSERT_DRIZZLE_EMAIL,
+                    {"to": row["to_address"], "subject": row["subject"], "text": row["text"]},
+                )
+            )
+            for row in rows
+        ]
+
+
+async def drizzle_rows(engine: AsyncEngine) -> dict[str, Row]:
+    async with engine.connect() as conn:
+        platform = [dict(r._mapping) for r in await conn.execute(READ_DRIZZLE_EMAILS)]
+    deliveries = await deliveries_by_id(engine)
+    return {p["id"]: merged(p, deliveries.get(p["id"])) for p in platform}
+
+
+def naive_utc(value: Any) -> Any:
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+async def test_a_drizzle_queue_is_sent_once_and_its_rows_end_sent(
+    drizzle_engine: AsyncEngine, postgres_url: str, state_dir: Path, emulator: ResendEmulator
+) -> None:
+    ids = await add_drizzle_emails(drizzle_engine, [email(i) for i in range(12)])
+    started = utcnow()
+    config = EmailQueueConfig(batch_size=5)
+
+    meta = metadata_of(await run_op(postgres_url, state_dir, config, schema_map=DRIZZLE_SCHEMA_MAP))
+
+    assert (meta["processed"], meta["sent"], meta["dead"], meta["retrying"]) == (12, 12, 0, 0)
+    assert meta["api_calls"] == 3
+    rows = await drizzle_rows(drizzle_engine)
+    assert set(rows) == set(ids)
+    assert_delivered_once(emulator, rows, set(ids))
+    assert len(emulator.inbox()) == 12
+    for row in rows.values():
+        assert (row.status, row.platform_status, row.platform_last_error) == ("sent", "sent", None)
+        assert row.sent_at is not None and row.platform_sent_at is not None
+        assert row.platform_sent_at.tzinfo is None
+        assert row.platform_sent_at == naive_utc(row.sent_at)
+        assert naive_utc(started) <= row.platform_sent_at <= naive_utc(utcnow())
+
+    # Sent is final: another run finds nothing to do and Resend hears nothing more.
+    meta = metadata_of(await run_op(postgres_url, state_dir, config, schema_map=DRIZZLE_SCHEMA_MAP))
+    assert (meta["processed"], meta["api_calls"]) == (0, 0)
+    assert len(emulator.inbox()) == 12
+
+
+async def test_an_invalid_address_on_drizzle_ends_failed_with_its_reason_and_a_dead_letter(
+    drizzle_engine: AsyncEngine, postgres_url: str, state_dir: Path, emulator: ResendEmulator
+) -> None:
+    good, bad = await add_drizzle_emails(
+        drizzle_engine, [email(1), email(2, to_address="not-an-address")]
+    )
+
+    meta = metadata_of(
+        await run_op(postgres_url, state_dir, EmailQueueConfig(), schema_map=DRIZZLE_SCHEMA_MAP)
+    )
+
+    assert (meta["sent"], meta["dead"], meta["dead_invalid"]) == (1, 1, 1)
+    rows = await drizzle_rows(drizzle_engine)
+    assert_delivered_once(emulator, rows, {good})
+    row = rows[bad]
+    # Dead to us; `failed` (the map's value for dead) to the platform, with the reason.
+    assert (row.status, row.platform_status) == ("dead", "failed")
+    assert row.last_error is not None and row.last_error.startswith("invalid: to_address")
+    assert row.platform_last_error == row.last_error
+    assert (row.idempotency_key, row.locked_by, row.platform_sent_at) == (None, None, None)
+    [letter] = await dead_letters(drizzle_engine)
+    assert (letter.source, letter.source_id, letter.error) == ("email_queue", bad, row.last_error)
+    assert letter.payload["to_address"] == "not-an-address"
+    assert emulator.inbox(to="not-an-address") == []
+
+    # `failed` on the platform is not unfinished: the dead row is never taken again.
+    meta = metadata_of(
+        await run_op(postgres_url, state_dir, EmailQueueConfig(), schema_map=DRIZZLE_SCHEMA_MAP)
+    )
+    assert (meta["processed"], meta["api_calls"]) == (0, 0)
+    assert len(await dead_letters(drizzle_engine)) == 1
+
+
+async def test_a_retryable_failure_on_drizzle_stays_pending_there_and_is_resent_once(
+    drizzle_engine: AsyncEngine,
+    postgres_url: str,
+    state_dir: Path,
+    emulator: ResendEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 500 after Resend sent the batch: the platform's rows stay `pending` (the map's value for
+    failed) while our deliveries wait out the backoff; the re-send delivers nothing twice."""
+    ids = await add_drizzle_emails(drizzle_engine, [email(i) for i in range(4)])
+    emulator.configure(error_rate=1.0, error_statuses=[500], fault_after_processing_share=1.0)
+    config = EmailQueueConfig()
+
+    meta = metadata_of(
+        await run_op(postgres_url, state_dir, config, schema_map=DRIZZLE_SCHEMA_MAP, max_attempts=1)
+    )
+
+    assert (meta["retrying"], meta["sent"], meta["dead"]) == (4, 0, 0)
+    rows = await drizzle_rows(drizzle_engine)
+    [key] = {r.idempotency_key for r in rows.values()}
+    assert key is not None
+    for row in rows.values():
+        assert (row.status, row.platform_status, row.attempts) == ("failed", "pending", 1)
+        assert row.next_attempt_at is not None and row.next_attempt_at > utcnow()
+        assert (row.locked_by, row.platform_sent_at) == (None, None)
+        assert "HTTP 500" in (row.last_error or "")
+        assert row.platform_last_error == row.last_error
+    assert await dead_letters(drizzle_engine) == []
+    assert emulator.counts_by_idempotency_key() == {key: 4}  # it did get through
+
+    # Pending on the platform, but not due to us: a run before the backoff passes leaves them.
+    emulator.configure(error_rate=0.0)
+    meta = metadata_of(await run_op(postgres_url, state_dir, config, schema_map=DRIZZLE_SCHEMA_MAP))
+    assert (meta["processed"], meta["api_calls"]) == (0, 0)
+
+    monkeypatch.setattr(sending, "now_utc", later(3600))
+    meta = metadata_of(await run_op(postgres_url, state_dir, config, schema_map=DRIZZLE_SCHEMA_MAP))
+    assert (meta["sent"], meta["resent"]) == (4, 1)
+    rows = await drizzle_rows(drizzle_engine)
+    assert_delivered_once(emulator, rows, set(ids))
+    assert {(r.platform_status, r.idempotency_key) for r in rows.values()} == {("sent", key)}
+    assert emulator.idempotency(key)[0]["replays"] == 1  # answered from Resend's cache

@@ -21,15 +21,10 @@ from dagster._core.test_utils import freeze_time
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from alianza_jobs.db.models import (
-    DailyReport,
-    DeadLetter,
-    EmailQueue,
-    Streaming,
-    StreamVideo,
-    User,
-    UserSession,
-)
+from alianza_jobs.db.models import DailyReport, DeadLetter, EmailDelivery, StreamVideo, VideoCheck
+from alianza_jobs.db.platform_models import EmailQueue, Streaming, User, UserSession
+from alianza_jobs.db.platform_tables import platform_tables
+from alianza_jobs.db.schema_map import default_map
 from alianza_jobs.defs.emails.assets import EMAIL_QUEUE
 from alianza_jobs.defs.reports import daily_report as task
 from alianza_jobs.defs.reports import report_figures as figures
@@ -111,7 +106,7 @@ def _email(status: str, updated_at: datetime, sent_at: datetime | None = None) -
 def _dead_letter(source: str, failed_at: datetime) -> Row:
     return {
         "source": source,
-        "source_id": next(_serial),
+        "source_id": str(next(_serial)),
         "payload": {"reason": "test"},
         "error": "permanent failure",
         "failed_at": failed_at,
@@ -141,16 +136,34 @@ class DayRows:
     videos: list[Row]
 
     async def write(self, engine: AsyncEngine) -> None:
+        """Platform rows, with the jobs' bookkeeping where the queues would have left it: a
+        video's check (its time and error reason), an email's delivery (state, sent time, id)."""
         async with engine.begin() as conn:
             for model, rows in (
-                (Streaming, self.streamings),
-                (EmailQueue, self.emails),
                 (DeadLetter, self.dead_letters),
                 (User, self.users),
                 (StreamVideo, self.videos),
             ):
                 if rows:
                     await conn.execute(insert(model), rows)
+            for row in self.streamings:
+                check = {k: row.pop(k) for k in ("checked_at", "error_reason")}
+                video_id = await conn.scalar(insert(Streaming).values(row).returning(Streaming.id))
+                if check["checked_at"] is not None:
+                    await conn.execute(
+                        insert(VideoCheck).values(streaming_id=str(video_id), **check)
+                    )
+            for row in self.emails:
+                message_id = row.pop("provider_message_id")
+                email_id = await conn.scalar(
+                    insert(EmailQueue).values(row).returning(EmailQueue.id)
+                )
+                delivery = {k: row[k] for k in ("status", "sent_at", "updated_at")}
+                await conn.execute(
+                    insert(EmailDelivery).values(
+                        email_id=str(email_id), provider_message_id=message_id, **delivery
+                    )
+                )
 
 
 def figures_for(day: date, k: int) -> tuple[DayRows, dict[str, int]]:
@@ -186,7 +199,8 @@ def edges_of(day: date) -> tuple[DayRows, dict[str, int]]:
         streamings=[
             _streaming("ready", start, start),  # settled at 00:00:00: counted
             _streaming("ready", end, end),  # settled at the next midnight: the next day's
-            _streaming("ready", None, start + 5 * HOUR),  # never checked: updated_at decides
+            # Never checked by the queue (settled by someone else): not the queue's to report.
+            _streaming("ready", None, start + 5 * HOUR),
             # Settled the day before, edited today: checked_at wins, not counted.
             _streaming("ready", start - HOUR, start + 3 * HOUR),
             # Settled today, soft-deleted tomorrow: still counted.
@@ -206,7 +220,7 @@ def edges_of(day: date) -> tuple[DayRows, dict[str, int]]:
         videos=[],
     )
     extra = {
-        "videos_ready": 2,
+        "videos_ready": 1,
         "videos_errored": 1,
         "emails_sent": 1,
         "emails_failed": 0,
@@ -367,7 +381,7 @@ def test_direct_invocation_counts_the_day_and_its_edges(database_url: str, tmp_p
     assert [(to, subject, status) for _, to, subject, status in emails] == [
         (to, "Alianza daily report for 2026-11-20", "pending") for to in RECIPIENTS
     ]
-    assert row.data["notification"]["email_queue_ids"] == [i for i, *_ in emails]
+    assert row.data["notification"]["email_queue_ids"] == [str(i) for i, *_ in emails]
     assert row.data["notification"]["to"] == list(RECIPIENTS)
 
 
@@ -474,13 +488,15 @@ async def test_two_runs_of_one_day_at_once_enqueue_one_email(
         None,
     )
     async with migrated_engine(database_url) as other:
+        tables = await platform_tables(engine, default_map())
         first, second = await asyncio.gather(
-            store_report(engine, DAY, data, emails), store_report(other, DAY, data, emails)
+            store_report(engine, tables, DAY, data, emails),
+            store_report(other, await platform_tables(other, default_map()), DAY, data, emails),
         )
     assert sorted([len(first.enqueued_email_ids), len(second.enqueued_email_ids)]) == [0, 1]
     assert first.data == second.data
     async with engine.connect() as conn:
-        assert (await conn.scalar(select(EmailQueue.id))) in (
+        assert str(await conn.scalar(select(EmailQueue.id))) in (
             first.enqueued_email_ids + second.enqueued_email_ids
         )
         assert len((await conn.execute(select(EmailQueue.id))).all()) == 1
@@ -488,8 +504,7 @@ async def test_two_runs_of_one_day_at_once_enqueue_one_email(
 
 
 def _zero_db() -> dict[str, int]:
-    keys = [c.name for c in figures.figures_query(*figures.day_window(DAY)).selected_columns]
-    return dict.fromkeys(keys, 0)
+    return dict.fromkeys(figures.FIGURE_KEYS, 0)
 
 
 # -- definitions: schedule, lineage, policies -------------------------------------------------------

@@ -21,7 +21,7 @@ from dagster._core.test_utils import freeze_time
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from alianza_jobs.db.models import User, UserSession
+from alianza_jobs.db.platform_models import User, UserSession
 from alianza_jobs.defs.sessions import cleanup_expired_sessions as task
 from alianza_jobs.defs.sessions.cleanup_expired_sessions import (
     CleanupConfig,
