@@ -96,6 +96,9 @@ async def lease_due_rows(
         )
         .select_from(s.outerjoin(CHECKS, CHECKS.c.streaming_id == key_as_text(s)))
         .where(*due, or_(CHECKS.c.streaming_id.is_(None), lease_is_free(CHECKS, now)))
+        # One order for every claimer: two leasing at once then meet on the same first row, and
+        # the second waits there, instead of each holding a row the other needs next.
+        .order_by(s.c.id)
     )
     dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
     stmt = dialect.insert(CHECKS).from_select(
