@@ -29,7 +29,8 @@ from sqlalchemy import case as sql_case
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from alianza_jobs.db.engine import create_engine
-from alianza_jobs.defs.videos.queue_sql import CHECKS, joined
+from alianza_jobs.db.platform_tables import keyed_by
+from alianza_jobs.defs.videos.queue_sql import CHECKS
 from alianza_jobs.emulators import StreamEmulator, VideoSpec
 from benchmarks.harness import DEFAULT_SCHEMA, DRIZZLE_SCHEMA, EmulatorServer, PlatformSchema
 from benchmarks.workloads.base import Case, EmulatorSettings, QueueWorkload, Target
@@ -305,7 +306,7 @@ async def _end_state(url: str, schema: PlatformSchema) -> tuple[dict[str, dict[s
                         "unchecked"
                     ),
                 )
-                .select_from(s.outerjoin(CHECKS, joined(s)))
+                .select_from(s.outerjoin(CHECKS, keyed_by(s, CHECKS.c.streaming_id)))
                 .group_by(s.c.status)
             )
             # Keyed by our states, whatever the platform calls them.
