@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import psycopg
 from dagster import (
     DagsterEventType,
     DagsterInstance,
@@ -38,19 +39,26 @@ from dagster import (
     JobDefinition,
     OpDefinition,
 )
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from alianza_jobs.db import migrate as migrations
 from alianza_jobs.db.engine import create_engine
-from alianza_jobs.db.models import DeadLetter, EmailQueue, Streaming
+from alianza_jobs.db.models import DeadLetter, EmailDelivery, VideoCheck
+from alianza_jobs.db.platform_models import create_stand_in
 from alianza_jobs.defs.videos.process_streaming_video_queue import NO_EXTERNAL_ID, NOT_FOUND_REASON
 from alianza_jobs.emulators import EmulatorControl, ResendEmulator, StreamEmulator, VideoSpec
 from alianza_jobs.platform.task import Retry, TaskSpec
 from alianza_jobs.resources import AppConfig, CloudflareStream, Database, ResendEmail
 from alianza_jobs.settings import ENV_VARIABLES
-from alianza_jobs_tests.defs.emails.fixtures import add_emails
-from alianza_jobs_tests.defs.videos.fixtures import insert_streamings, uid_for
+from alianza_jobs_tests.db.helpers import DRIZZLE_SCHEMA_MAP, create_drizzle_platform_schema
+from alianza_jobs_tests.defs.emails.fixtures import add_emails, deliveries_by_id, merged, rows_by_id
+from alianza_jobs_tests.defs.videos.fixtures import (
+    CHECK_DEFAULTS,
+    insert_streamings,
+    streamings_by_id,
+    uid_for,
+)
 from alianza_jobs_tests.e2e.harness import wait_for as e2e_wait_for
 from alianza_jobs_tests.processes import free_port
 from alianza_jobs_tests.reliability.hooks import (
@@ -181,13 +189,44 @@ def namespace_for(nodeid: str) -> str:
 
 # -- the app's side: databases, resources, environment -------------------------------------------------
 
+# The platform schemas a database may hold: the jobs' local stand-in (BIGINT ids, text statuses
+# with every state of ours), or the platform's own as Drizzle makes it (Postgres only: uuid ids,
+# enum statuses without `sending` or `dead`, `to` and `error` columns), read through its map.
+STAND_IN = "stand-in"
+DRIZZLE = "drizzle"
+SCHEMAS = (STAND_IN, DRIZZLE)
 
-async def migrate(url: str) -> None:
+
+def schema_map_of(schema: str) -> str | None:
+    """The ``ALIANZA_SCHEMA_MAP`` a run on ``schema`` needs (None: the default map)."""
+    return str(DRIZZLE_SCHEMA_MAP) if schema == DRIZZLE else None
+
+
+def schema_env(schema: str) -> dict[str, str]:
+    """The variables a child needs to run on ``schema``."""
+    path = schema_map_of(schema)
+    return {"ALIANZA_SCHEMA_MAP": path} if path else {}
+
+
+async def migrate(url: str, schema: str = STAND_IN) -> None:
+    """The platform's tables (if the database has none yet), then the jobs' at head."""
+    if schema == DRIZZLE:
+        _create_drizzle_once(url)
     engine = create_engine(url)
     try:
+        if schema == STAND_IN:
+            await create_stand_in(engine)
         await migrations.upgrade(engine)
     finally:
         await engine.dispose()
+
+
+def _create_drizzle_once(url: str) -> None:
+    # Seeding migrates first, as on the stand-in; the Drizzle statements cannot run twice.
+    with psycopg.connect(url) as conn:
+        present = conn.execute("SELECT to_regclass('public.email_queue')").fetchone()
+    if present is None or present[0] is None:
+        create_drizzle_platform_schema(url)
 
 
 async def with_engine(url: str, action: Callable[[AsyncEngine], Coroutine[Any, Any, T]]) -> T:
@@ -201,12 +240,13 @@ async def with_engine(url: str, action: Callable[[AsyncEngine], Coroutine[Any, A
 def resources(url: str, ns: Namespace, **overrides: Any) -> dict[str, Any]:
     """The queue ops' resources: the database and both APIs on the namespace's emulator.
 
-    ``stream={...}`` / ``resend={...}`` override resource fields (timeouts, attempts).
+    ``stream={...}`` / ``resend={...}`` / ``database={...}`` override resource fields (timeouts,
+    attempts, the schema map).
     """
     stream = {"account_id": ACCOUNT_ID, "api_token": STREAM_TOKEN, "base_url": ns.stream_base_url}
     resend = {"api_key": RESEND_KEY, "base_url": ns.resend_base_url}
     return {
-        "database": Database(url=url),
+        "database": Database(**{"url": url, **overrides.get("database", {})}),
         "stream": CloudflareStream(**{**stream, **overrides.get("stream", {})}),
         "resend": ResendEmail(**{**resend, **overrides.get("resend", {})}),
         "app": AppConfig(**{"email_from": EMAIL_FROM, **overrides.get("app", {})}),
@@ -366,7 +406,8 @@ def counting(url: str) -> Iterator[tuple[AppStatements, HttpCounter]]:
 
 
 def email_row(i: int, tag: str, **overrides: Any) -> dict[str, Any]:
-    """A valid queue row with its own recipient and subject (a duplicate delivery shows)."""
+    """A valid platform queue row with its own recipient and subject (a duplicate delivery shows),
+    as the platform enqueues one: only its own columns, so it has no delivery until claimed."""
     return {
         "to_address": f"user{i}.{tag}@example.com",
         "from_address": None,
@@ -374,12 +415,6 @@ def email_row(i: int, tag: str, **overrides: Any) -> dict[str, Any]:
         "html": f"<p>Order {i}</p>",
         "text": f"Order {i}",
         "status": "pending",
-        "next_attempt_at": datetime.now(UTC) - timedelta(seconds=1),
-        "attempts": 0,
-        "idempotency_key": None,
-        "last_error": None,
-        "provider_message_id": None,
-        "sent_at": None,
         **overrides,
     }
 
@@ -395,17 +430,20 @@ INVALID_EMAILS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class EmailQueueSeed:
-    valid: list[int]
-    invalid: list[int]
+    valid: list[str]
+    invalid: list[str]
+    schema: str = STAND_IN
 
     @property
     def items(self) -> int:
         return len(self.valid) + len(self.invalid)
 
 
-async def seed_emails(url: str, tag: str, valid: int, invalid: int = 0) -> EmailQueueSeed:
+async def seed_emails(
+    url: str, tag: str, valid: int, invalid: int = 0, *, schema: str = STAND_IN
+) -> EmailQueueSeed:
     """``valid`` good rows and ``invalid`` rule-breaking ones interleaved, migrated first."""
-    await migrate(url)
+    await migrate(url, schema)
     rows, kinds = [], []
     bad = list(INVALID_EMAILS.values())
     step = max(1, valid // max(invalid, 1))
@@ -422,14 +460,52 @@ async def seed_emails(url: str, tag: str, valid: int, invalid: int = 0) -> Email
         kinds.append("invalid")
         made_bad += 1
 
-    async def insert(engine: AsyncEngine) -> list[int]:
+    async def insert(engine: AsyncEngine) -> list[str]:
+        if schema == DRIZZLE:
+            return await add_drizzle_emails(engine, rows)
         return await add_emails(engine, rows)
 
     ids = await with_engine(url, insert)
     return EmailQueueSeed(
         valid=[i for i, k in zip(ids, kinds, strict=True) if k == "valid"],
         invalid=[i for i, k in zip(ids, kinds, strict=True) if k == "invalid"],
+        schema=schema,
     )
+
+
+# The Drizzle tables are written and read in SQL of the platform's own names, so what an audit
+# checks is what the platform sees, not the jobs' reflection of it.
+INSERT_DRIZZLE_EMAIL = text(
+    'INSERT INTO email_queue ("to", "from", subject, html, text, status) '
+    "VALUES (:to_address, :from_address, :subject, :html, :text, 'pending') RETURNING id::text"
+)
+READ_DRIZZLE_EMAILS = text(
+    'SELECT id::text AS id, "to" AS to_address, subject, status::text AS status, sent_at, '
+    "error AS last_error FROM email_queue ORDER BY id"
+)
+INSERT_DRIZZLE_STREAMING = text(
+    "INSERT INTO streamings (external_id, provider, status) "
+    "VALUES (:external_id, 'cloudflare', 'queued') RETURNING id::text"
+)
+READ_DRIZZLE_STREAMINGS = text(
+    "SELECT id::text AS id, external_id, provider::text AS provider, status::text AS status, "
+    "duration AS platform_duration, created_at, updated_at, deleted_at FROM streamings ORDER BY id"
+)
+# What the platform's status holds for each end state of ours: the Drizzle enum has no `dead`,
+# its map says `failed` (alianza_jobs_tests/db/drizzle/schema-map.yaml).
+PLATFORM_STATUS = {
+    STAND_IN: {"sent": "sent", "dead": "dead"},
+    DRIZZLE: {"sent": "sent", "dead": "failed"},
+}
+
+
+async def add_drizzle_emails(engine: AsyncEngine, rows: list[dict[str, Any]]) -> list[str]:
+    content = ("to_address", "from_address", "subject", "html", "text")
+    async with engine.begin() as conn:
+        return [
+            str(await conn.scalar(INSERT_DRIZZLE_EMAIL, {k: row[k] for k in content}))
+            for row in rows
+        ]
 
 
 @dataclass
@@ -447,33 +523,45 @@ class Audit:
         return f"lost: {self.lost[:10]} duplicated: {self.duplicated[:10]}"
 
 
-async def email_rows(url: str) -> dict[int, dict[str, Any]]:
-    async def read(engine: AsyncEngine) -> dict[int, dict[str, Any]]:
-        async with engine.connect() as conn:
-            result = await conn.execute(select(EmailQueue.__table__).order_by(EmailQueue.id))
-            return {row.id: dict(row._mapping) for row in result}
+async def email_rows(url: str, schema: str = STAND_IN) -> dict[str, dict[str, Any]]:
+    """Every platform row merged with its delivery (the email fixtures' :class:`Row`, as a dict),
+    by id: our state and bookkeeping, and the platform row's own ``platform_status``."""
+
+    async def read(engine: AsyncEngine) -> dict[str, dict[str, Any]]:
+        if schema == STAND_IN:
+            rows = await rows_by_id(engine)
+        else:
+            async with engine.connect() as conn:
+                platform = [dict(r._mapping) for r in await conn.execute(READ_DRIZZLE_EMAILS)]
+            deliveries = await deliveries_by_id(engine)
+            rows = {p["id"]: merged(p, deliveries.get(p["id"])) for p in platform}
+        return {row_id: dataclasses.asdict(row) for row_id, row in rows.items()}
 
     return await with_engine(url, read)
 
 
-async def dead_letter_counts(url: str, source: str) -> Counter[int]:
-    async def read(engine: AsyncEngine) -> Counter[int]:
+async def dead_letter_counts(url: str, source: str) -> Counter[str]:
+    """Dead letters per item, by the platform row's id as text (``dead_letters.source_id``)."""
+
+    async def read(engine: AsyncEngine) -> Counter[str]:
         async with engine.connect() as conn:
             result = await conn.execute(
                 select(DeadLetter.source_id, func.count())
                 .where(DeadLetter.source == source)
                 .group_by(DeadLetter.source_id)
             )
-            return Counter({int(source_id): int(n) for source_id, n in result})
+            return Counter({str(source_id): int(n) for source_id, n in result})
 
     return await with_engine(url, read)
 
 
 async def audit_emails(url: str, resend: ResendEmulator, seed: EmailQueueSeed) -> Audit:
     """Every valid row ``sent`` and its email in the inbox exactly once (under the key on the row,
-    with the id on the row); every invalid row ``dead`` with one dead letter; nothing leased."""
-    rows = await email_rows(url)
+    with the id on the row); every invalid row ``dead`` with one dead letter; nothing leased. The
+    platform's row must say so too, in its own status values (``failed`` for dead on Drizzle)."""
+    rows = await email_rows(url, seed.schema)
     letters = await dead_letter_counts(url, "email_queue")
+    platform_status = PLATFORM_STATUS[seed.schema]
     inbox = resend.inbox()
     by_id = {e.id: e for e in inbox}
     audit = Audit(items=seed.items)
@@ -487,9 +575,18 @@ async def audit_emails(url: str, resend: ResendEmulator, seed: EmailQueueSeed) -
             or delivered.idempotency_key != (row["idempotency_key"])
         ):
             audit.lost.append(f"{row_id}: sent as another email")
+        elif row["platform_status"] != platform_status["sent"]:
+            audit.lost.append(f"{row_id}: sent, but {row['platform_status']} on the platform")
     for row_id in seed.invalid:
-        if rows[row_id]["status"] != "dead" or letters[row_id] == 0:
-            audit.lost.append(f"{row_id}:{rows[row_id]['status']} (invalid, expected dead)")
+        row = rows[row_id]
+        if (
+            row["status"] != "dead"
+            or row["platform_status"] != platform_status["dead"]
+            or letters[row_id] == 0
+        ):
+            audit.lost.append(
+                f"{row_id}:{row['status']}/{row['platform_status']} (invalid, expected dead)"
+            )
     for row_id, row in rows.items():
         if row["locked_by"] is not None or row["status"] == "sending":
             audit.lost.append(f"{row_id}: stuck {row['status']} locked_by={row['locked_by']}")
@@ -521,8 +618,9 @@ class Expected:
 
 @dataclass
 class VideoQueueSeed:
-    ids: list[int]
-    expected: dict[int, Expected]
+    ids: list[Any]  # the platform's ids: int on the stand-in, uuid text on Drizzle
+    expected: dict[Any, Expected]
+    schema: str = STAND_IN
 
     @property
     def items(self) -> int:
@@ -540,6 +638,7 @@ async def seed_videos(
     deleted: int = 3,
     no_external_id: int = 2,
     duplicate_uids: int = 2,
+    schema: str = STAND_IN,
 ) -> VideoQueueSeed:
     """Queued rows and their videos in the emulator, each with the one state it must end in.
 
@@ -548,7 +647,7 @@ async def seed_videos(
     processing (stays queued, but checked), deleted in Stream (error: not found), rows without an
     uid (error at once), and uids shared by two rows (both settled alike).
     """
-    await migrate(url)
+    await migrate(url, schema)
     created = datetime.now(UTC) - timedelta(minutes=10)
     specs: list[VideoSpec] = []
     rows: list[dict[str, Any]] = []
@@ -602,18 +701,40 @@ async def seed_videos(
     for uid in gone:
         stream.delete(uid)
 
-    async def insert(engine: AsyncEngine) -> list[int]:
+    async def insert(engine: AsyncEngine) -> list[Any]:
+        if schema == DRIZZLE:
+            async with engine.begin() as conn:
+                return [str(await conn.scalar(INSERT_DRIZZLE_STREAMING, row)) for row in rows]
         return await insert_streamings(engine, rows)
 
     ids = await with_engine(url, insert)
-    return VideoQueueSeed(ids=ids, expected=dict(zip(ids, expected, strict=True)))
+    return VideoQueueSeed(ids=ids, expected=dict(zip(ids, expected, strict=True)), schema=schema)
 
 
-async def streaming_rows(url: str) -> dict[int, dict[str, Any]]:
-    async def read(engine: AsyncEngine) -> dict[int, dict[str, Any]]:
+async def streaming_rows(url: str, schema: str = STAND_IN) -> dict[Any, dict[str, Any]]:
+    """Every platform row merged with its check's bookkeeping (the video fixtures' reader on the
+    stand-in), by the platform's id. On Drizzle ``duration`` is the text column read as a number
+    (``platform_duration`` the text itself)."""
+
+    async def read(engine: AsyncEngine) -> dict[Any, dict[str, Any]]:
+        if schema == STAND_IN:
+            return {i: dict(row) for i, row in (await streamings_by_id(engine)).items()}
         async with engine.connect() as conn:
-            result = await conn.execute(select(Streaming.__table__).order_by(Streaming.id))
-            return {row.id: dict(row._mapping) for row in result}
+            platform = [dict(r._mapping) for r in await conn.execute(READ_DRIZZLE_STREAMINGS)]
+            checks = {
+                row.streaming_id: dict(row._mapping)
+                for row in await conn.execute(select(VideoCheck.__table__))
+            }
+        rows = {}
+        for row in platform:
+            check = checks.get(row["id"], {})
+            text_duration = row["platform_duration"]
+            rows[row["id"]] = {
+                **row,
+                "duration": float(text_duration) if text_duration is not None else None,
+                **{k: check.get(k, v) for k, v in CHECK_DEFAULTS.items()},
+            }
+        return rows
 
     return await with_engine(url, read)
 
@@ -628,7 +749,7 @@ async def audit_queue(
 
 
 async def audit_videos(url: str, seed: VideoQueueSeed) -> Audit:
-    rows = await streaming_rows(url)
+    rows = await streaming_rows(url, seed.schema)
     letters = await dead_letter_counts(url, "streamings")
     audit = Audit(items=seed.items)
     for row_id, want in seed.expected.items():
@@ -655,8 +776,13 @@ async def audit_videos(url: str, seed: VideoQueueSeed) -> Audit:
 # -- waiting ------------------------------------------------------------------------------------------
 
 
-async def leases_passed(url: str, table: type[EmailQueue] | type[Streaming]) -> bool:
-    """True once no row holds a lease that is still running (a crashed run's rows are free)."""
+Bookkeeping = type[EmailDelivery] | type[VideoCheck]
+
+
+async def leases_passed(url: str, table: Bookkeeping) -> bool:
+    """True once no row holds a lease that is still running (a crashed run's rows are free).
+    The leases are the jobs' own, on their bookkeeping rows (``email_deliveries``,
+    ``video_checks``)."""
 
     async def check(engine: AsyncEngine) -> bool:
         async with engine.connect() as conn:
@@ -670,7 +796,7 @@ async def leases_passed(url: str, table: type[EmailQueue] | type[Streaming]) -> 
     return await with_engine(url, check)
 
 
-def wait_for_leases(url: str, table: type[EmailQueue] | type[Streaming], timeout: float) -> None:
+def wait_for_leases(url: str, table: Bookkeeping, timeout: float) -> None:
     wait_for(
         f"the leases in {table.__tablename__} to pass",
         lambda: run_async(leases_passed(url, table)),
@@ -711,9 +837,12 @@ def elapsed_since(started: float) -> float:
 __all__ = [
     "ACCOUNT_ID",
     "CRASHSITE",
+    "DRIZZLE",
     "EMAIL_FROM",
     "KILLED",
     "RESEND_KEY",
+    "SCHEMAS",
+    "STAND_IN",
     "STREAM_TOKEN",
     "Audit",
     "EmailQueueSeed",
@@ -729,6 +858,8 @@ __all__ = [
     "fast_job",
     "held_until_met_in_flight",
     "resources",
+    "schema_env",
+    "schema_map_of",
     "seed_emails",
     "seed_videos",
     "spawn",

@@ -18,9 +18,8 @@ from typing import Any
 
 # An artifact of the last run (git-ignored, like the e2e screenshots): the table generated from it,
 # docs/reliability.md, is what is committed, so running the suite leaves the tree clean.
-RESULTS_FILE = (
-    Path(__file__).resolve().parents[2] / "test-artifacts" / "reliability" / "results.json"
-)
+REPO = Path(__file__).resolve().parents[2]
+RESULTS_FILE = REPO / "test-artifacts" / "reliability" / "results.json"
 
 # The eight areas, in its order: the table lists them so.
 SECTIONS: dict[str, str] = {
@@ -91,7 +90,10 @@ def save(
     }
     merged.update(fresh)
     session = {"tests": len(fresh), "wall_time_s": wall_time_s}
-    suite = {f"{path.parent.relative_to(root)}/{p.name}" for p in path.parent.glob("test_*.py")}
+    # The suite's own files, by node id: the results live elsewhere (test-artifacts/), so globbing
+    # beside them found none, and every session, one file's too, passed for a whole-suite run.
+    here = Path(__file__).resolve().parent
+    suite = {f"{here.relative_to(REPO)}/{p.name}" for p in here.glob("test_*.py")}
     previous = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     whole = session if suite <= files else previous.get("last_full_session")
     payload: dict[str, Any] = {

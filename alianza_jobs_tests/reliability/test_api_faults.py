@@ -36,7 +36,8 @@ from dagster import (
 )
 from sqlalchemy import select, update
 
-from alianza_jobs.db.models import CircuitBreaker, EmailQueue
+from alianza_jobs.db.models import CircuitBreaker
+from alianza_jobs.db.platform_models import EmailQueue
 from alianza_jobs.defs.alerts.sensors import alert_on_run_failure
 from alianza_jobs.defs.emails import process_email_queue as email_task
 from alianza_jobs.defs.videos import process_streaming_video_queue as video_task

@@ -6,7 +6,12 @@ SQL statement; before, during or after an API request) and a number within that 
 child is killed there: ``kill -9``, no ``finally``, no lease given back, a request possibly still
 being served. What must hold after the next run: no row lost (each in its one correct state), none
 stuck in ``sending`` or leased, no email delivered twice (the emulator's inbox, per message and per
-idempotency key), no item dead-lettered twice.
+idempotency key), no item dead-lettered twice, and the platform's row in the status that says so.
+
+Each job is killed on both platform schemas: the jobs' stand-in, and the platform's own as Drizzle
+makes it (uuid ids, an enum status without ``sending`` or ``dead``, read through its schema map),
+where what the platform's row shows mid-run (``pending`` while ours is ``sending``) differs most
+from our own state.
 
 The kills of all seeds of a job run first (one module-scoped campaign), then each seed's test runs
 its recovery: by then its lease (30 s, the shortest the video task allows) has long passed, so the
@@ -28,13 +33,15 @@ import pytest
 import yaml
 from dagster import DagsterInstance
 
-from alianza_jobs.db.models import EmailQueue, Streaming
+from alianza_jobs.db.models import EmailDelivery, VideoCheck
 from alianza_jobs.defs.emails import process_email_queue
 from alianza_jobs.defs.videos import process_streaming_video_queue
 from alianza_jobs_tests.reliability.conftest import Outcomes
 from alianza_jobs_tests.reliability.harness import (
     CRASHSITE,
     KILLED,
+    SCHEMAS,
+    STAND_IN,
     EmailQueueSeed,
     EmulatorServer,
     Namespace,
@@ -46,6 +53,8 @@ from alianza_jobs_tests.reliability.harness import (
     email_rows,
     run_async,
     run_in_process,
+    schema_env,
+    schema_map_of,
     seed_emails,
     seed_videos,
     spawn,
@@ -70,7 +79,7 @@ JOBS: dict[str, dict[str, Any]] = {
     "process_email_queue": {
         "op": "send_due_emails",
         "config": {"batch_size": 20, "lease_s": LEASE_S},
-        "table": EmailQueue,
+        "table": EmailDelivery,
         "job": process_email_queue.job,
     },
     "process_streaming_video_queue": {
@@ -78,7 +87,7 @@ JOBS: dict[str, dict[str, Any]] = {
         # Small pages and lookups: a run makes several requests and writes, so there are many
         # places to die in.
         "config": {"page_size": 5, "lookup_batch_size": 2, "lease_seconds": LEASE_S},
-        "table": Streaming,
+        "table": VideoCheck,
         "job": process_streaming_video_queue.job,
     },
 }
@@ -100,11 +109,13 @@ class Campaign:
     def __init__(
         self,
         job: str,
+        schema: str,
         server: EmulatorServer,
         make_db: Any,
         workdir: Path,
     ) -> None:
         self.job = job
+        self.schema = schema
         self.server = server
         self.make_db = make_db
         self.workdir = workdir
@@ -125,7 +136,12 @@ class Campaign:
         self.killed: dict[int, Killed] = {}
 
     def env(self, url: str, ns: Namespace, **extra: str) -> dict[str, str]:
-        return app_env(url, ns, DAGSTER_HOME=str(self.home), **extra)
+        return app_env(url, ns, DAGSTER_HOME=str(self.home), **schema_env(self.schema), **extra)
+
+    def tag(self, what: object) -> str:
+        # The stand-in's tags as before the Drizzle runs existed; both name their own namespace.
+        suffix = "" if self.schema == STAND_IN else f"-{self.schema}"
+        return f"{self.job[8:13]}-{what}{suffix}"
 
     def prepare(self, tag: str) -> tuple[str, Namespace, EmailQueueSeed | VideoQueueSeed]:
         url = self.make_db()
@@ -134,9 +150,9 @@ class Campaign:
         ns.control.update_config({"stream": {"latency_ms": 100}, "resend": {"latency_ms": 200}})
         queue: EmailQueueSeed | VideoQueueSeed
         if self.job == "process_email_queue":
-            queue = run_async(seed_emails(url, tag, valid=80, invalid=5))
+            queue = run_async(seed_emails(url, tag, valid=80, invalid=5, schema=self.schema))
         else:
-            queue = run_async(seed_videos(url, ns.stream, tag))
+            queue = run_async(seed_videos(url, ns.stream, tag, schema=self.schema))
         return url, ns, queue
 
     def run_args(self, module: str) -> list[str]:
@@ -144,10 +160,17 @@ class Campaign:
 
     def run_here(self, url: str, ns: Namespace) -> Any:
         spec = JOBS[self.job]
-        return run_in_process(spec["job"], url, ns, spec["op"], spec["config"])
+        return run_in_process(
+            spec["job"],
+            url,
+            ns,
+            spec["op"],
+            spec["config"],
+            database={"schema_map": schema_map_of(self.schema)},
+        )
 
     def calibrate(self) -> None:
-        url, ns, _ = self.prepare(f"{self.job[8:13]}-calibration")
+        url, ns, _ = self.prepare(self.tag("calibration"))
         with counting(url) as (statements, http):
             assert self.run_here(url, ns).success
         self.counts = {"sql": statements.count, "http": http.count}
@@ -163,7 +186,7 @@ class Campaign:
 
     def start_kill(self, seed: int) -> tuple[int, subprocess.Popen[str], Any]:
         point = self.point(seed)
-        url, ns, queue = self.prepare(f"{self.job[8:13]}-{seed}")
+        url, ns, queue = self.prepare(self.tag(seed))
         child = spawn(*self.run_args(CRASHSITE), env=self.env(url, ns, **{CRASH_AT: str(point)}))
         return seed, child, (point, url, ns, queue)
 
@@ -176,9 +199,9 @@ class Campaign:
 
     async def states(self, url: str) -> dict[str, int]:
         if self.job == "process_email_queue":
-            rows = await email_rows(url)
+            rows = await email_rows(url, self.schema)
         else:
-            rows = await streaming_rows(url)
+            rows = await streaming_rows(url, self.schema)
         leased = Counter(
             f"{r['status']}{'+leased' if r['locked_by'] else ''}" for r in rows.values()
         )
@@ -188,12 +211,20 @@ class Campaign:
 @pytest.fixture(scope="module")
 def campaigns(
     emulator_server: EmulatorServer, make_postgres_database: Any, tmp_path_factory: Any
-) -> dict[str, Campaign]:
-    """Calibrate both jobs, then kill every seed's child, two children at a time (the machine
-    has two cores); the recoveries follow in the tests, when every lease has passed."""
+) -> dict[tuple[str, str], Campaign]:
+    """Calibrate both jobs on both schemas, then kill every seed's child, two children at a time
+    (the machine has two cores); the recoveries follow in the tests, when every lease has passed.
+    """
     runs = {
-        job: Campaign(job, emulator_server, make_postgres_database, tmp_path_factory.mktemp(job))
+        (job, schema): Campaign(
+            job,
+            schema,
+            emulator_server,
+            make_postgres_database,
+            tmp_path_factory.mktemp(f"{job}-{schema}"),
+        )
         for job in JOBS
+        for schema in SCHEMAS
     }
     for run in runs.values():
         run.calibrate()
@@ -224,39 +255,49 @@ def recover(run: Campaign, seed: int, outcome: Outcomes) -> None:
     else:
         assert isinstance(killed.queue, VideoQueueSeed)
         audit = run_async(audit_videos(killed.url, killed.queue))
+    where = "Postgres" if run.schema == STAND_IN else "Postgres, the Drizzle platform schema"
     outcome.add_audit(
         "crash",
         f"SIGKILL of `alianza-jobs run {run.job}` at a seeded point, then a run after the lease "
-        "(Postgres)",
+        f"({where})",
         runs=2,
         audit=audit,
     )
-    print(f"\n{run.job} seed {seed}: killed at {killed.point}, left {killed.state_after_kill}")
+    print(
+        f"\n{run.job} ({run.schema}) seed {seed}: killed at {killed.point}, "
+        f"left {killed.state_after_kill}"
+    )
     assert result.success
     assert audit.ok(), audit.explain()
 
 
 @pytest.mark.parametrize("seed", EMAIL_SEEDS)
+@pytest.mark.parametrize("schema", SCHEMAS)
 def test_email_queue_survives_sigkill(
-    campaigns: dict[str, Campaign], seed: int, outcome: Outcomes
+    campaigns: dict[tuple[str, str], Campaign], schema: str, seed: int, outcome: Outcomes
 ) -> None:
-    recover(campaigns["process_email_queue"], seed, outcome)
+    recover(campaigns["process_email_queue", schema], seed, outcome)
 
 
 @pytest.mark.parametrize("seed", VIDEO_SEEDS)
+@pytest.mark.parametrize("schema", SCHEMAS)
 def test_video_queue_survives_sigkill(
-    campaigns: dict[str, Campaign], seed: int, outcome: Outcomes
+    campaigns: dict[tuple[str, str], Campaign], schema: str, seed: int, outcome: Outcomes
 ) -> None:
-    recover(campaigns["process_streaming_video_queue"], seed, outcome)
+    recover(campaigns["process_streaming_video_queue", schema], seed, outcome)
 
 
 def test_the_points_cover_every_kind_and_leave_work_half_done(
-    campaigns: dict[str, Campaign],
+    campaigns: dict[tuple[str, str], Campaign],
 ) -> None:
-    """At least 20 points across both jobs, every kind of point used, and most kills leaving
-    rows leased mid-run (the cases a crash can get wrong)."""
+    """At least 20 points per schema across both jobs, every kind of point used on each, and
+    most kills leaving rows leased mid-run (the cases a crash can get wrong)."""
     killed = [k for run in campaigns.values() for k in run.killed.values()]
-    assert len(killed) >= 20
-    assert {(k.point.target, k.point.when) for k in killed} == set(KINDS)
+    for schema in SCHEMAS:
+        on_schema = [
+            k for (_, s), run in campaigns.items() if s == schema for k in run.killed.values()
+        ]
+        assert len(on_schema) >= 20, schema
+        assert {(k.point.target, k.point.when) for k in on_schema} == set(KINDS), schema
     half_done = [k for k in killed if any("+leased" in state for state in k.state_after_kill)]
     assert len(half_done) >= len(killed) // 2, [(str(k.point), k.state_after_kill) for k in killed]

@@ -27,7 +27,7 @@ import psycopg
 import pytest
 
 from alianza_jobs.db import engine as database_module
-from alianza_jobs.db.models import EmailQueue, Streaming
+from alianza_jobs.db.models import EmailDelivery, VideoCheck
 from alianza_jobs.defs.emails import process_email_queue as email_task
 from alianza_jobs.defs.videos import process_streaming_video_queue as video_task
 from alianza_jobs_tests.conftest import PG_ADMIN_URL
@@ -179,7 +179,7 @@ def test_postgres_restarted_between_runs(
 
     with postgres_restarted() as downtime:
         print(f"\nPostgres was unavailable for {downtime:.1f} s")
-        wait_for_leases(pg_url, EmailQueue, timeout=30)
+        wait_for_leases(pg_url, EmailDelivery, timeout=30)
         run = run_in_process(email_task.job, pg_url, emulators, *EMAIL)
     audit = run_async(audit_emails(pg_url, emulators.resend, emails))
     outcome.add_audit(
@@ -221,12 +221,13 @@ def test_sqlite_locked_by_another_writer(
         # One worker: at the hooked BEGIN no other transaction of ours holds the lock (the other
         # writer would wait for it, and it for the other writer).
         op, config = EMAIL[0], {**EMAIL[1], "lease_s": 2.0, "concurrency": 1}
-        table: type[EmailQueue] | type[Streaming] = EmailQueue
+        # The leases are on the jobs' bookkeeping rows, not the platform's.
+        table: type[EmailDelivery] | type[VideoCheck] = EmailDelivery
     else:
         work = run_async(seed_videos(sqlite_url, emulators.stream, "locked"))
         job = fast_job(video_task.TASK, video_task.check_queued_videos, retries=0)
         op, config = VIDEO
-        table = Streaming
+        table = VideoCheck
     locker = SqliteLocker(Path(str(database_name(sqlite_url))), hold_s)
     fired: list[int] = []
     try:

@@ -22,6 +22,7 @@ from sqlalchemy import String, Text, select
 
 from alianza_jobs.db.demo import seed_demo
 from alianza_jobs.db.models import metadata
+from alianza_jobs.db.platform_models import platform_metadata
 from alianza_jobs.redaction import redact, secret_values
 from alianza_jobs.settings import mask_url
 from alianza_jobs_tests.processes import free_port
@@ -95,12 +96,13 @@ def _wave(runs: dict[str, tuple[list[str], dict[str, str]]]) -> dict[str, tuple[
 
 
 async def _app_database_text(url: str) -> str:
-    """Every text column of every table: errors, dead letters, breaker state, reports."""
+    """Every text column of every table: errors, dead letters, breaker state, reports, and the
+    platform's (stand-in) tables the jobs write to (an email's ``last_error``)."""
 
     async def dump(engine: Any) -> str:
         chunks = []
         async with engine.connect() as conn:
-            for table in metadata.sorted_tables:
+            for table in [*metadata.sorted_tables, *platform_metadata.sorted_tables]:
                 columns = [c for c in table.columns if isinstance(c.type, String | Text)]
                 json_columns = [c for c in table.columns if "JSON" in type(c.type).__name__]
                 if not columns and not json_columns:

@@ -21,9 +21,8 @@ from typing import Any, TypeVar
 import pytest
 from dagster import DagsterInstance, build_op_context
 
-from alianza_jobs.db.claims import claim_rows
 from alianza_jobs.defs.emails import process_email_queue as email_task
-from alianza_jobs.defs.emails import sending as email_sending
+from alianza_jobs.defs.emails import queue_sql as email_queue_sql
 from alianza_jobs.defs.videos import process_streaming_video_queue as video_task
 from alianza_jobs.emulators.config import FaultSettings, ResendSettings, StreamSettings
 from alianza_jobs.emulators.faults import FaultKind, plan_faults
@@ -206,7 +205,12 @@ def test_cancelled_just_as_the_claim_commits(
     fired: list[bool] = []
     if queue == "email":
         work: Any = run_async(seed_emails(pg_url, "cancel", valid=30))
-        monkeypatch.setattr(email_sending, "claim_rows", cancelled_as_it_commits(claim_rows, fired))
+        # The run's first claim is of fresh rows (no group awaits a retry yet).
+        monkeypatch.setattr(
+            email_queue_sql,
+            "claim_fresh",
+            cancelled_as_it_commits(email_queue_sql.claim_fresh, fired),
+        )
         op, config = email_task.send_due_emails, email_task.EmailQueueConfig(batch_size=10)
     else:
         work = run_async(seed_videos(pg_url, emulators.stream, "cancel"))
