@@ -91,7 +91,7 @@ async def claim_fresh(
 ) -> list[QueuedEmail]:
     """Lease up to ``limit`` due emails of no group, oldest due first; returns them by id.
 
-    One INSERT ... SELECT ... ON CONFLICT: an email never claimed gets its delivery row, a due one
+    An INSERT ... SELECT ... ON CONFLICT: an email never claimed gets its delivery row, a due one
     the new lease, one someone holds is left alone (the conflict's WHERE sees the lease taken once
     the other claim commits). On Postgres the candidates' platform rows are locked SKIP LOCKED
     first, by a statement of its own, for the claim's few milliseconds, so concurrent workers take
