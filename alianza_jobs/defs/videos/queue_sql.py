@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from alianza_jobs.db.claims import lease_is_free, release_rows, update_by_key
 from alianza_jobs.db.engine import read_only
 from alianza_jobs.db.models import DeadLetter, DeadLetterSource, StreamingStatus, VideoCheck
-from alianza_jobs.db.platform_tables import PlatformTables, key_as_text, keyed_by
+from alianza_jobs.db.platform_tables import PlatformTables, key_as_text
 from alianza_jobs.db.types import utcnow
 from alianza_jobs.defs.videos.reconcile import PROVIDER, LeasedRow
 
@@ -55,9 +55,12 @@ def queued(tables: PlatformTables) -> ColumnElement[bool]:
 def owned(tables: PlatformTables, owner: str) -> Select[Any]:
     """The join of our leased checks with their still-queued platform rows."""
     s = tables.streamings
+    # Joined on the check's key, so the look-ups that start from the platform's rows (a page of
+    # uids, by the external_id index) find each check by its primary key: 770 probes, where
+    # starting from the checks leased to us probed the platform's key 100,000 times a page.
     return (
         select()
-        .select_from(CHECKS.join(s, keyed_by(s, CHECKS.c.streaming_id)))
+        .select_from(CHECKS.join(s, CHECKS.c.streaming_id == key_as_text(s)))
         .where(CHECKS.c.locked_by == owner, queued(tables))
     )
 
@@ -97,8 +100,12 @@ async def lease_due_rows(
         .select_from(s.outerjoin(CHECKS, CHECKS.c.streaming_id == key_as_text(s)))
         .where(*due, or_(CHECKS.c.streaming_id.is_(None), lease_is_free(CHECKS, now)))
         # One order for every claimer: two leasing at once then meet on the same first row, and
-        # the second waits there, instead of each holding a row the other needs next.
-        .order_by(s.c.id)
+        # the second waits there, instead of each holding a row the other needs next. The key's
+        # text, which no index provides, so Postgres sorts: the join has finished before the
+        # first insert. Streamed instead, a join planned against an empty-looking video_checks
+        # (a first run on a big queue) rescans the heap its own inserts grow, for every row:
+        # 58 s for 100,000 rows, against under 2 s this way.
+        .order_by(key_as_text(s))
     )
     dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
     stmt = dialect.insert(CHECKS).from_select(
