@@ -94,26 +94,17 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def app_db(make_postgres_database: Callable[[], str]) -> str:
     """A migrated app database, reached with a password (trust auth ignores it) to check masking."""
     url = make_postgres_database()
-    stand_in = subprocess.run(
-        [sys.executable, "-m", "alianza_jobs.cli", "db", "platform-stand-in"],
-        cwd=REPO,
-        env={"PATH": "/usr/bin:/bin", "DATABASE_URL": url},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert stand_in.returncode == 0, stand_in.stderr
-    upgrade = subprocess.run(
-        [sys.executable, "-m", "alianza_jobs.cli", "db", "upgrade"],
-        cwd=REPO,
-        env={"PATH": "/usr/bin:/bin", "DATABASE_URL": url},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert upgrade.returncode == 0, upgrade.stderr
+    for command in ("platform-stand-in", "upgrade"):
+        prepared = subprocess.run(
+            [sys.executable, "-m", "alianza_jobs.cli", "db", command],
+            cwd=REPO,
+            env={"PATH": "/usr/bin:/bin", "DATABASE_URL": url},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert prepared.returncode == 0, prepared.stderr
     return url.replace("postgresql://postgres@", f"postgresql://postgres:{DB_PASSWORD}@")
 
 

@@ -34,6 +34,19 @@ async def migrated_engine(url: str) -> AsyncIterator[AsyncEngine]:
         await engine.dispose()
 
 
+@asynccontextmanager
+async def drizzle_migrated_engine(url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on the Postgres ``url`` with the Drizzle-made platform tables and the jobs'
+    schema at head: ``migrated_engine`` on the platform's own schema instead of the stand-in."""
+    create_drizzle_platform_schema(url)
+    engine = create_engine(url)
+    try:
+        await migrate.upgrade(engine)
+        yield engine
+    finally:
+        await engine.dispose()
+
+
 async def count(engine: AsyncEngine, model: type, *where: object) -> int:
     async with engine.connect() as conn:
         stmt = select(func.count()).select_from(model)

@@ -20,8 +20,6 @@ from dagster import AssetMaterialization, Definitions, MetadataValue, build_op_c
 from sqlalchemy import insert, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from alianza_jobs.db import migrate
-from alianza_jobs.db.engine import create_engine
 from alianza_jobs.db.models import DeadLetter, EmailDelivery
 from alianza_jobs.db.platform_models import EmailQueue
 from alianza_jobs.db.types import utcnow
@@ -34,7 +32,7 @@ from alianza_jobs.resources import Database
 from alianza_jobs.settings import load_settings
 from alianza_jobs_tests.db.helpers import (
     DRIZZLE_SCHEMA_MAP,
-    create_drizzle_platform_schema,
+    drizzle_migrated_engine,
     migrated_engine,
 )
 from alianza_jobs_tests.defs.emails import fixtures as email_fixtures
@@ -495,13 +493,8 @@ READ_DRIZZLE_EMAIL = text(
 @pytest.fixture
 async def drizzle_engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
     """A Postgres database with the Drizzle platform tables and the jobs' tables at head."""
-    create_drizzle_platform_schema(postgres_url)
-    engine = create_engine(postgres_url)
-    try:
-        await migrate.upgrade(engine)
+    async with drizzle_migrated_engine(postgres_url) as engine:
         yield engine
-    finally:
-        await engine.dispose()
 
 
 async def drizzle_email(engine: AsyncEngine, email_id: str) -> Any:

@@ -19,8 +19,6 @@ from dagster import Backoff, Definitions, Failure, Jitter, build_op_context
 from sqlalchemy import delete, insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from alianza_jobs.db import migrate
-from alianza_jobs.db.engine import create_engine
 from alianza_jobs.db.models import CircuitBreaker
 from alianza_jobs.db.platform_models import EmailQueue
 from alianza_jobs.db.types import utcnow
@@ -37,7 +35,7 @@ from alianza_jobs.resources import AppConfig, Database
 from alianza_jobs.settings import load_settings
 from alianza_jobs_tests.db.helpers import (
     DRIZZLE_SCHEMA_MAP,
-    create_drizzle_platform_schema,
+    drizzle_migrated_engine,
     migrated_engine,
 )
 from alianza_jobs_tests.defs.emails import fixtures as email_fixtures
@@ -771,13 +769,8 @@ READ_DRIZZLE_EMAILS = text(
 @pytest.fixture
 async def drizzle_engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
     """A Postgres database with the Drizzle platform tables and the jobs' tables at head."""
-    create_drizzle_platform_schema(postgres_url)
-    engine = create_engine(postgres_url)
-    try:
-        await migrate.upgrade(engine)
+    async with drizzle_migrated_engine(postgres_url) as engine:
         yield engine
-    finally:
-        await engine.dispose()
 
 
 async def add_drizzle_emails(engine: AsyncEngine, rows: Sequence[Mapping[str, Any]]) -> list[str]:
