@@ -20,11 +20,11 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	ln -sf $(CURDIR)/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
-dev: install $(DAGSTER_HOME)/dagster.yaml ## stand in for the platform's tables, migrate + seed, then start the UI and daemon
+dev: install $(DAGSTER_HOME)/dagster.yaml ## stand in for the platform's tables, migrate + seed, then start the UI, the daemon and the webhook receiver
 	$(BIN)/alianza-jobs db platform-stand-in
 	$(BIN)/alianza-jobs db upgrade
 	$(BIN)/alianza-jobs db seed-demo --if-empty
-	$(BIN)/dagster dev -w workspace.yaml -h $(HOST) -p $(PORT)
+	BIN=$(BIN) HOST=$(HOST) PORT=$(PORT) scripts/dev
 
 test: install ## the whole suite (Postgres tests skip without a server unless ALIANZA_REQUIRE_POSTGRES=1)
 	$(BIN)/pytest

@@ -14,7 +14,7 @@ import asyncio
 import os
 import tempfile
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, TypedDict, TypeVar, Unpack
 
@@ -22,6 +22,7 @@ import dagster as dg
 import httpx
 from dagster import EnvVar
 from pydantic import Field
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from alianza_jobs.clients import resend as resend_api
@@ -42,6 +43,7 @@ from alianza_jobs.clients.resend import ResendClient
 from alianza_jobs.clients.stream import StreamClient
 from alianza_jobs.db.engine import create_engine, session_factory
 from alianza_jobs.db.platform_tables import PlatformTables, platform_tables
+from alianza_jobs.db.probe import probe_connection
 from alianza_jobs.db.schema_map import SchemaMap, load_schema_map
 from alianza_jobs.emulators.constants import (
     EMULATOR_ACCOUNT_ID,
@@ -94,6 +96,13 @@ class Database(dg.ConfigurableResource):  # type: ignore[type-arg]  # generic in
         what the jobs write fails here, before a run claims anything."""
         schema = "public" if self.jobs_schema else None
         return await platform_tables(engine, self.platform_map(), schema=schema)
+
+    def probe(self) -> AbstractContextManager[tuple[Connection, PlatformTables]]:
+        """A synchronous, read-only connection kept by this process, and the platform's tables:
+        for the schedules' and sensors' "is there work?" (``alianza_jobs.db.probe``)."""
+        return probe_connection(
+            self.url, schema_map_path=self.schema_map, jobs_schema=self.jobs_schema
+        )
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:

@@ -61,6 +61,9 @@ ENV_VARIABLES = (
     "REPORTS_DIR",
     "ALIANZA_SCHEMA_MAP",
     "ALIANZA_DB_SCHEMA",
+    "ALIANZA_EVENT_TRIGGERS",
+    "CLOUDFLARE_STREAM_WEBHOOK_SECRET",
+    "ALIANZA_WEBHOOKS_URL",
 )
 DEFAULT_CLOUDFLARE_API_BASE_URL = "https://api.cloudflare.com/client/v4"
 DEFAULT_RESEND_API_BASE_URL = "https://api.resend.com"
@@ -78,6 +81,7 @@ SECRET_ENV_VARS: tuple[str, ...] = (
     "ALERT_WEBHOOK_URL",
     "DAGSTER_PG_PASSWORD",
 )
+WEBHOOK_SECRET_ENV = "CLOUDFLARE_STREAM_WEBHOOK_SECRET"  # noqa: S105 - a variable's name
 # Variables that hold a URL whose password is the secret part.
 SECRET_URL_ENV_VARS: tuple[str, ...] = ("DATABASE_URL", "DAGSTER_PG_URL")
 # Shorter values would mask ordinary words; nobody's real token is this short.
@@ -116,6 +120,14 @@ class Settings:
     the file and the key when it cannot be used."""
     db_schema: str | None = None
     """The Postgres schema of the jobs' own tables (``ALIANZA_DB_SCHEMA``); None: the default."""
+    event_triggers: bool = True
+    """``ALIANZA_EVENT_TRIGGERS`` (default true): queue schedules skip ticks with nothing due and
+    work sensors launch runs when work appears. False: every tick launches a run and no sensor
+    does, as the TypeScript package's crons did (benchmarks compare the two)."""
+    webhooks_url: str = "http://127.0.0.1:8790"
+    """``ALIANZA_WEBHOOKS_URL``: where the webhook receiver listens, for ``doctor`` to ask."""
+    webhook_secret_configured: bool = False
+    """CLOUDFLARE_STREAM_WEBHOOK_SECRET is set (the receiver reads it: :func:`webhook_secret`)."""
 
     @property
     def is_local(self) -> bool:
@@ -274,6 +286,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         "RESEND_API_BASE_URL",
         "PROMETHEUS_PUSHGATEWAY_URL",
         "DAGSTER_WEBSERVER_URL",
+        "ALIANZA_WEBHOOKS_URL",
     ):
         _check_http_url(env_vars, name)
 
@@ -322,7 +335,21 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         dagster_home_from_env=bool(env_vars.get("DAGSTER_HOME", "").strip()),
         schema_map_path=schema_map_path,
         db_schema=db_schema,
+        event_triggers=_parse_bool(env_vars, "ALIANZA_EVENT_TRIGGERS")
+        if env_vars.get("ALIANZA_EVENT_TRIGGERS", "").strip()
+        else True,
+        webhooks_url=(
+            env_vars.get("ALIANZA_WEBHOOKS_URL", "").strip() or "http://127.0.0.1:8790"
+        ).rstrip("/"),
+        webhook_secret_configured=bool(env_vars.get(WEBHOOK_SECRET_ENV, "").strip()),
     )
+
+
+def webhook_secret(environ: Mapping[str, str] | None = None) -> str | None:
+    """The Stream webhook secret (CLOUDFLARE_STREAM_WEBHOOK_SECRET), for the receiver only; never
+    kept in Settings, so nothing that prints settings can show it."""
+    value = _environ(environ).get(WEBHOOK_SECRET_ENV, "").strip()
+    return value or None
 
 
 def normalize_database_url(raw: str, variable: str = "DATABASE_URL") -> str:

@@ -19,6 +19,7 @@ import pytest
 from psycopg import sql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from alianza_jobs.db.probe import forget_probes
 from alianza_jobs.settings import ENV_VARIABLES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,8 +42,9 @@ if signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """Every test gets its own DAGSTER_HOME (with the repo's dagster.yaml) and a clean environment."""
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """Every test gets its own DAGSTER_HOME (with the repo's dagster.yaml) and a clean environment,
+    and leaves no work-probe connection behind (they are kept per process, by URL)."""
     for name in list(os.environ):
         if name in _ISOLATED_ENV or name.startswith("ALIANZA_CRON_"):
             monkeypatch.delenv(name, raising=False)
@@ -51,7 +53,8 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.setenv("ALIANZA_TEST_STATE_DIR", str(tmp_path / "state"))
-    return home
+    yield home
+    forget_probes()
 
 
 @pytest.fixture

@@ -24,6 +24,8 @@ EXPECTED = {
     "cleanup_expired_sessions": ("0 2 * * *", 1800, 1),
     "daily_report": ("0 2 * * *", 1800, 3),
     "replay_dead_letters": (None, 300, 0),
+    # Launched by its sensor when the receiver has stored deliveries; no cron of its own.
+    "apply_stream_webhooks": (None, 60, 3),
 }
 
 
@@ -69,8 +71,26 @@ def test_assets_lineage_and_sensors() -> None:
     parents = {k.to_user_string() for k in graph.get(AssetKey("daily_reports")).parent_keys}
     assert {"streamings", "email_queue", "user_sessions", "stream_videos"} <= parents
     sensors = {s.name: s for s in defs.sensors or []}
-    assert set(sensors) >= {"alert_on_run_failure", "notify_on_recovery"}
+    assert set(sensors) >= {
+        "alert_on_run_failure",
+        "notify_on_recovery",
+        "process_email_queue_sensor",
+        "apply_stream_webhooks_sensor",
+    }
     assert all(s.default_status == DefaultSensorStatus.RUNNING for s in sensors.values())
+    assert sensors["process_email_queue_sensor"].job_name == "process_email_queue"
+    assert sensors["process_email_queue_sensor"].minimum_interval_seconds == 5
+    assert sensors["apply_stream_webhooks_sensor"].job_name == "apply_stream_webhooks"
+
+
+def test_cron_only_mode_has_no_work_sensors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ALIANZA_EVENT_TRIGGERS=false: the TypeScript package's way, every tick runs."""
+    monkeypatch.setenv("ALIANZA_EVENT_TRIGGERS", "false")
+    defs = _load()
+    sensors = {s.name for s in defs.sensors or []}
+    assert sensors == {"alert_on_run_failure", "notify_on_recovery"}
+    monkeypatch.delenv("ALIANZA_EVENT_TRIGGERS")
+    _load()
 
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:

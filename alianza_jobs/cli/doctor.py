@@ -52,7 +52,11 @@ CHECKS = (
     "schedules",
     "stream api",
     "resend api",
+    "stream webhooks",
 )
+# A delivery waiting longer than this means nothing is applying them (daemon down, sensor off).
+WEBHOOK_BACKLOG_MAX_AGE_S = 120.0
+WEBHOOK_SENSOR = "apply_stream_webhooks_sensor"
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,7 @@ class _Context:
     secrets: list[str]
     settings: Settings | None = None
     instance: DagsterInstance | None = None
+    app_database_ok: bool = False
 
 
 # -- running the checks -------------------------------------------------------------------------
@@ -88,9 +93,13 @@ def run_checks(module: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[CheckR
         _run(ctx, "settings", _check_settings),
         _run(ctx, "secrets", _check_secrets),
         *_run_service_probes(ctx),
+    ]
+    ctx.app_database_ok = any(r.name == "app database" and r.ok for r in results)
+    results += [
         _run(ctx, "dagster storage", _check_dagster_storage),
         _run(ctx, "daemon", _check_daemon),
         _run(ctx, "schedules", _check_schedules),
+        _run(ctx, "stream webhooks", _check_webhooks),
     ]
     if ctx.instance is not None:
         ctx.instance.dispose()
@@ -368,6 +377,86 @@ def _running(statuses: list[InstigatorStatus], default: DefaultScheduleStatus) -
     if InstigatorStatus.RUNNING in statuses:
         return True
     return default is DefaultScheduleStatus.RUNNING
+
+
+# -- the Stream webhook receiver ------------------------------------------------------------------
+
+
+def _check_webhooks(ctx: _Context) -> str:
+    settings = ctx.settings
+    if settings is None:
+        raise CheckFailed("not checked: settings did not load")
+    if not settings.event_triggers:
+        return "off (ALIANZA_EVENT_TRIGGERS=false): the video queue's cron settles every video"
+    if not settings.is_local and not settings.webhook_secret_configured:
+        raise CheckFailed(
+            "CLOUDFLARE_STREAM_WEBHOOK_SECRET is not set: the receiver cannot verify deliveries "
+            "(`alianza-jobs webhooks register --url https://.../stream/webhook` prints it)"
+        )
+    health = f"{settings.webhooks_url}/healthz"
+
+    def answers() -> int:
+        import httpx
+
+        return httpx.get(health, timeout=ctx.timeout_s).status_code
+
+    try:
+        status = _with_deadline(answers, ctx.timeout_s + 1, "the webhook receiver")
+    except CheckFailed:
+        raise
+    except Exception as exc:
+        raise CheckFailed(
+            f"no receiver at {settings.webhooks_url} ({_describe(exc)}): is `alianza-jobs "
+            "webhooks serve` running? (ALIANZA_WEBHOOKS_URL says where it listens)"
+        ) from None
+    if status != 200:
+        raise CheckFailed(f"{health} answered {status}, not 200")
+    if not ctx.app_database_ok:
+        raise CheckFailed(
+            f"receiver at {settings.webhooks_url} answers; its deliveries not checked: "
+            "the app database is not ready"
+        )
+    waiting, oldest_s = _with_deadline(
+        lambda: _webhook_backlog(settings), ctx.timeout_s, "the app database"
+    )
+    if waiting and oldest_s > WEBHOOK_BACKLOG_MAX_AGE_S:
+        raise CheckFailed(
+            f"{waiting} deliveries waiting, the oldest for {oldest_s:.0f} s: is the daemon "
+            f"running and {WEBHOOK_SENSOR} on?"
+        )
+    instance = ctx.instance
+    if instance is not None:
+        states = _with_deadline(
+            lambda: instance.all_instigator_state(instigator_type=InstigatorType.SENSOR),
+            ctx.timeout_s,
+            "Dagster's storage",
+        )
+        if any(
+            st.instigator_name == WEBHOOK_SENSOR and st.status is InstigatorStatus.STOPPED
+            for st in states
+        ):
+            raise CheckFailed(f"{WEBHOOK_SENSOR} is stopped: deliveries wait for the video cron")
+    return f"receiver at {settings.webhooks_url} answers; {waiting} deliveries waiting"
+
+
+def _webhook_backlog(settings: Settings) -> tuple[int, float]:
+    from sqlalchemy import func, select
+
+    from alianza_jobs.db.probe import probe_connection
+    from alianza_jobs.db.types import utcnow
+    from alianza_jobs.defs.videos.webhook_sql import DELIVERIES
+
+    pending = DELIVERIES.c.applied_at.is_(None)
+    with probe_connection(
+        settings.database_url,
+        schema_map_path=settings.schema_map_path,
+        jobs_schema=settings.db_schema,
+    ) as (conn, _tables):
+        row = conn.execute(
+            select(func.count(), func.min(DELIVERIES.c.received_at)).where(pending)
+        ).one()
+    count, oldest = int(row[0]), row[1]
+    return count, (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
 
 
 # -- the command --------------------------------------------------------------------------------

@@ -3,15 +3,19 @@
 Flags apply to this server only (they are laid over the stored config, not written into it), so a
 later ``emulate`` without flags, or a run using the emulators in-process, is not surprised by them.
 To change settings for every process, use the admin route ``PATCH /_emulator/config`` or the
-Python API (``StreamEmulator(state_dir).configure(...)``).
+Python API (``StreamEmulator(state_dir).configure(...)``). Beside the server runs the Stream
+webhook's dispatcher, which POSTs each video's outcome to the registered URL (``--no-webhooks``
+leaves it out).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -22,7 +26,12 @@ from alianza_jobs.emulators import (
     combined_app,
 )
 from alianza_jobs.emulators.faults import EmulatedConnectionReset
+from alianza_jobs.emulators.state import StateStore
+from alianza_jobs.emulators.stream_webhooks import run_dispatcher
 from alianza_jobs.settings import default_emulator_state_dir
+
+if TYPE_CHECKING:
+    import uvicorn
 
 DEFAULT_PORT = 8787
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -88,6 +97,33 @@ def _overrides(
     return overrides
 
 
+def _server(config: uvicorn.Config, webhook_store: StateStore | None) -> uvicorn.Server:
+    """uvicorn's server, with the webhook dispatcher (when given a store) beside it in its loop.
+
+    A subclass rather than our own ``asyncio.run``: ``Server.run`` keeps choosing the event loop
+    (uvloop when installed), as it did before there was a dispatcher.
+    """
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+            if webhook_store is None:
+                await super().serve(sockets)
+                return
+            stop = asyncio.Event()
+            dispatcher = asyncio.create_task(run_dispatcher(webhook_store, stop=stop))
+            try:
+                await super().serve(sockets)
+            finally:
+                stop.set()
+                # Not waiting for a pass in flight: its unanswered deliveries are tried again.
+                dispatcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await dispatcher
+
+    return Server(config)
+
+
 @click.command("emulate")
 @click.option(
     "--port", type=int, default=DEFAULT_PORT, show_default=True, help="0 picks a free port."
@@ -129,6 +165,12 @@ def _overrides(
     help="Register this many generated videos first (when the state has fewer).",
 )
 @click.option(
+    "--no-webhooks",
+    is_flag=True,
+    default=False,
+    help="Do not POST Stream webhook deliveries (the webhook routes still answer).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
     default="warning",
@@ -140,6 +182,7 @@ def emulate_command(
     host: str,
     state_dir: Path | None,
     seed_videos: int,
+    no_webhooks: bool,
     log_level: str,
     **settings: Any,
 ) -> None:
@@ -177,8 +220,18 @@ def emulate_command(
     click.echo(f"  RESEND_API_BASE_URL={root}")
     click.echo(f"  admin: {root}{ADMIN_PREFIX}/health")
     click.echo("Any account id and token are accepted unless required otherwise. Ctrl-C stops.")
+    webhook_store: StateStore | None = None
+    if no_webhooks:
+        click.echo("Stream webhook deliveries are off (--no-webhooks).")
+    else:
+        webhook_store = StateStore(directory)
+        webhook_store.set_overrides(overrides)
+        click.echo(
+            "Stream webhook deliveries are on: to the notificationUrl set with "
+            f"PUT {STREAM_PREFIX}/accounts/<account>/stream/webhook."
+        )
     config = uvicorn.Config(app, log_level=log_level, lifespan="off", access_log=False)
     logging.getLogger("uvicorn.error").addFilter(
         _QuietInjectedResets()
     )  # after Config's dictConfig
-    uvicorn.Server(config).run(sockets=[sock])
+    _server(config, webhook_store).run(sockets=[sock])

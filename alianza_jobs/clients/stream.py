@@ -1,9 +1,9 @@
-"""Cloudflare Stream client: one video's status, and the catalog listing.
+"""Cloudflare Stream client: one video's status, the catalog listing, and the account's webhook.
 
-Wire format: ``GET /accounts/{account}/stream/{uid}`` and
-``GET /accounts/{account}/stream`` answer ``{success, errors, messages, result}``; errors are
-branched on the HTTP status, not Cloudflare's numeric codes. Malformed items and paging without a
-cursor: docs/clients.md, "alianza_jobs.clients.stream".
+Wire format: ``GET /accounts/{account}/stream/{uid}``, ``GET /accounts/{account}/stream`` and
+``PUT /accounts/{account}/stream/webhook`` answer ``{success, errors, messages, result}``; errors
+are branched on the HTTP status, not Cloudflare's numeric codes. Malformed items, paging without a
+cursor and the webhook: docs/clients.md, "alianza_jobs.clients.stream".
 """
 
 from __future__ import annotations
@@ -168,6 +168,22 @@ def _timestamp(data: Mapping[str, Any], key: str, problems: list[str]) -> dateti
     return None
 
 
+@dataclass(frozen=True)
+class WebhookRegistration:
+    """The account's webhook as ``PUT .../stream/webhook`` answered it."""
+
+    notification_url: str
+    modified: datetime | None
+    secret: str
+    """What deliveries are signed with (``Webhook-Signature``); keep it like a token."""
+
+    def __repr__(self) -> str:
+        return (
+            f"WebhookRegistration(notification_url={self.notification_url!r}, "
+            f"modified={self.modified!r}, secret='***')"
+        )
+
+
 def rfc3339(value: datetime) -> str:
     """UTC with a ``Z``; naive datetimes are taken as UTC."""
     aware = value if value.tzinfo else value.replace(tzinfo=UTC)
@@ -247,6 +263,18 @@ def _parse_probe(response: httpx.Response) -> int:
     return response.status_code
 
 
+def _parse_webhook(response: httpx.Response) -> WebhookRegistration:
+    result = _envelope_result(response)
+    if not isinstance(result, dict):
+        raise malformed(SERVICE, response, "`result` is not a webhook object")
+    url, secret = result.get("notificationUrl"), result.get("secret")
+    if not isinstance(url, str) or not isinstance(secret, str) or not secret:
+        raise malformed(SERVICE, response, "webhook without a string notificationUrl and secret")
+    # Informative only: an unreadable `modified` is unknown, not a failed registration.
+    modified = _timestamp(result, "modified", [])
+    return WebhookRegistration(notification_url=url, modified=modified, secret=secret)
+
+
 def _parse_list(response: httpx.Response) -> list[StreamVideo]:
     result = _envelope_result(response)
     if not isinstance(result, list):
@@ -272,6 +300,17 @@ class StreamClient(ServiceClient):
         path = f"/accounts/{self._account}/stream/{quote(uid, safe='')}"
         video = await self._caller.request("GET", path, parse=_parse_one)
         return video.require_valid()
+
+    async def set_webhook(self, notification_url: str) -> WebhookRegistration:
+        """Point the account's one webhook at ``notification_url`` (replacing any other); the
+        answer carries the secret its deliveries are signed with. A URL Stream refuses is a
+        PermanentApiError (400)."""
+        if not notification_url:
+            raise ValueError("notification_url must not be empty")
+        path = f"/accounts/{self._account}/stream/webhook"
+        return await self._caller.request(
+            "PUT", path, body={"notificationUrl": notification_url}, parse=_parse_webhook
+        )
 
     async def probe(self) -> int:
         """An authenticated listing of at most one video, read for its envelope only (the health

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     false,
     func,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -212,6 +213,38 @@ class CircuitBreaker(Timestamped, Base):
     __table_args__ = (CheckConstraint(_in("state", BreakerState), name="state"),)
 
 
+class WebhookDelivery(Timestamped, Base):
+    """One Cloudflare Stream webhook delivery, stored by the receiver as it arrived (verified), and
+    applied to the platform's ``streamings`` by ``apply_stream_webhooks``.
+
+    Keyed by the SHA-256 of the raw body: Stream re-sends a delivery it got no answer to, with the
+    same body, so a delivery stored before a crash and sent again is stored once."""
+
+    __tablename__ = "stream_webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    body_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    uid: Mapped[str] = mapped_column(String(STREAM_UID_MAX))
+    state: Mapped[str | None] = mapped_column(String(32))
+    payload: Mapped[Any] = mapped_column(JSONDocument)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    applied_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # settled, already_settled, unknown_uid, unreadable: what applying it did.
+    outcome: Mapped[str | None] = mapped_column(String(32))
+
+    __table_args__ = (
+        # The sensor's question and the apply job's claim: WHERE applied_at IS NULL ORDER BY id.
+        Index(
+            "ix_stream_webhook_deliveries_pending",
+            "id",
+            postgresql_where=text("applied_at IS NULL"),
+            sqlite_where=text("applied_at IS NULL"),
+        ),
+        # Pruning applied deliveries by age.
+        Index("ix_stream_webhook_deliveries_applied_at", "applied_at"),
+    )
+
+
 metadata = Base.metadata
 
 __all__ = [
@@ -227,5 +260,6 @@ __all__ = [
     "StreamingStatus",
     "SyncState",
     "VideoCheck",
+    "WebhookDelivery",
     "metadata",
 ]

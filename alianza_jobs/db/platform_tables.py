@@ -99,6 +99,14 @@ async def platform_tables(
     return tables
 
 
+def reflect_platform(
+    conn: Connection, schema_map: SchemaMap, *, schema: str | None = None
+) -> PlatformTables:
+    """The platform's tables reflected on a synchronous connection, without the check (the
+    work probes: a database that fails the check fails the run they launch, with its message)."""
+    return _reflect(conn, schema_map, schema)
+
+
 def _reflect(conn: Connection, schema_map: SchemaMap, schema: str | None) -> PlatformTables:
     metadata = MetaData()
     inspector = inspect(conn)
@@ -144,4 +152,11 @@ def _our_type(ours: str, native: types.TypeEngine[Any]) -> types.TypeEngine[Any]
     return native
 
 
-__all__ = ["PlatformSchemaError", "PlatformTables", "key_as_text", "keyed_by", "platform_tables"]
+__all__ = [
+    "PlatformSchemaError",
+    "PlatformTables",
+    "key_as_text",
+    "keyed_by",
+    "platform_tables",
+    "reflect_platform",
+]

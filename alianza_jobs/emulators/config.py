@@ -76,6 +76,18 @@ class StreamSettings(FaultSettings):
     legacy_error_spelling_share: float = Field(0.2, ge=0, le=1)
     """Share of errored videos that spell it ``errReasonCode``/``errReasonText``."""
 
+    # Webhook deliveries (``PUT /accounts/{account_id}/stream/webhook``).
+    webhook_secret: str | None = None
+    """The secret a webhook registration hands out; None means ``EMULATOR_WEBHOOK_SECRET``."""
+    webhook_max_attempts: int = Field(5, ge=1)
+    """Deliveries of one video's outcome before giving up on it (the first one included)."""
+    webhook_retry_s: float = Field(1.0, ge=0)
+    """Emulated seconds before the first retry of a refused delivery; doubled for each next one."""
+    webhooks_enabled: bool = True
+    webhook_drop_rate: float = Field(0.0, ge=0, le=1)
+    """Share of videos whose webhook is lost on the way: never arrives, though Stream counts it
+    sent. Chosen by the uid, so the same videos every time (the safety net's benchmarks)."""
+
 
 class ResendSettings(FaultSettings):
     rate_limit_requests: int = Field(5, ge=1)
@@ -163,4 +175,6 @@ def public_view(config: EmulatorConfig) -> dict[str, Any]:
         section = data[service]
         section["token_required"] = section["required_token_sha256"] is not None
         section["revoked_tokens"] = len(section["revoked_tokens_sha256"])
+    # The webhook secret is stored in plain text (deliveries are signed with it): say only if set.
+    data["stream"]["webhook_secret_configured"] = data["stream"].pop("webhook_secret") is not None
     return data

@@ -3,7 +3,8 @@
 Every Dagster run is its own process and may serve the emulators in-process, while ``alianza-jobs
 emulate`` serves the same directory over a socket and a test flips faults from a third process. So
 nothing that must be seen by another request lives in memory: videos, sent mail, idempotency keys,
-rate-limit windows, request counters and the configuration are rows here.
+rate-limit windows, request counters, the Stream webhook and its deliveries and the configuration
+are rows here.
 More: docs/platform.md, "alianza_jobs.emulators.state".
 """
 
@@ -26,7 +27,7 @@ import anyio.to_thread
 from alianza_jobs.emulators.config import EmulatorConfig, merge_config, parse_config
 
 DB_FILENAME = "emulators.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000
 
 P = ParamSpec("P")
@@ -82,6 +83,7 @@ CREATE TABLE IF NOT EXISTS videos (
     deleted_us INTEGER
 );
 CREATE INDEX IF NOT EXISTS videos_created ON videos (created_us, uid);
+CREATE INDEX IF NOT EXISTS videos_final ON videos (final_us);
 CREATE TABLE IF NOT EXISTS emails (
     id TEXT PRIMARY KEY,
     seq INTEGER NOT NULL,
@@ -118,6 +120,21 @@ CREATE TABLE IF NOT EXISTS idempotency (
     replays INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (api_key_sha256, key)
 );
+CREATE TABLE IF NOT EXISTS webhook (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    notification_url TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    modified_us INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    uid TEXT PRIMARY KEY,
+    final_us INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_us INTEGER NOT NULL,
+    delivered_us INTEGER,
+    last_status INTEGER
+);
 """
 
 _DATA_TABLES = (
@@ -128,6 +145,8 @@ _DATA_TABLES = (
     "videos",
     "emails",
     "idempotency",
+    "webhook",
+    "webhook_deliveries",
 )
 
 

@@ -1,17 +1,22 @@
 """The Stream emulator's Python API: :class:`StreamEmulator` registers, seeds, deletes and inspects
-emulated videos and configures the Stream side, from any process sharing the state directory.
+emulated videos, inspects the webhook and its deliveries and configures the Stream side, from any
+process sharing the state directory.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Literal
+
+import httpx
 
 from alianza_jobs.emulators import rfc3339
 from alianza_jobs.emulators.config import StreamSettings
 from alianza_jobs.emulators.constants import EMULATOR_ACCOUNT_ID
 from alianza_jobs.emulators.control import EmulatorControl
+from alianza_jobs.emulators.state import Clock
 from alianza_jobs.emulators.stream_queries import get_row
 from alianza_jobs.emulators.stream_routes import render_video
 from alianza_jobs.emulators.stream_videos import (
@@ -21,6 +26,7 @@ from alianza_jobs.emulators.stream_videos import (
     describe,
     seed_videos,
 )
+from alianza_jobs.emulators.stream_webhooks import deliveries, dispatch_due, get_webhook
 
 __all__ = ["StreamEmulator", "VideoSpec"]
 
@@ -86,6 +92,24 @@ class StreamEmulator(EmulatorControl):
             .fetchone()
         )
         return int(row[0])
+
+    def webhook(self, *, include_secret: bool = False) -> dict[str, Any] | None:
+        """The registered webhook (``notification_url``, ``account_id``, ``modified``), or None;
+        its ``secret`` only when asked for."""
+        hook = get_webhook(self.store)
+        return None if hook is None else hook.public(include_secret=include_secret)
+
+    def webhook_deliveries(self) -> list[dict[str, Any]]:
+        """Every delivery tried so far, by the video's finishing time: ``uid``, ``attempts``,
+        ``delivered_us`` (None until a 2xx), ``last_status`` (0: no answer), ``next_attempt_us``,
+        ``final_us``."""
+        return deliveries(self.store)
+
+    async def dispatch_webhooks(
+        self, client: httpx.AsyncClient, *, wall_clock: Clock = time.time
+    ) -> int:
+        """One pass of webhook deliveries through ``client`` (see :func:`dispatch_due`)."""
+        return await dispatch_due(self.store, client, wall_clock=wall_clock)
 
     def configure(self, **settings: Any) -> StreamSettings:
         """Change Stream settings for every process (e.g. ``error_rate=0.2``, ``require_token=``)."""

@@ -1,7 +1,7 @@
-"""The Stream emulator's wire side: the ASGI routes (get one video, list videos, Cloudflare's
-answer to any other path), Cloudflare's authentication and error answers in its envelope
-``{result, success, errors, messages}``, and a video rendered as the ``cloudflare`` SDK's
-``cloudflare.types.stream.Video`` at the time of the request.
+"""The Stream emulator's wire side: the ASGI routes (get one video, list videos, the account's
+webhook, Cloudflare's answer to any other path), Cloudflare's authentication and error answers in
+its envelope ``{result, success, errors, messages}``, and a video rendered as the ``cloudflare``
+SDK's ``cloudflare.types.stream.Video`` at the time of the request.
 """
 
 from __future__ import annotations
@@ -11,13 +11,15 @@ import json
 import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from alianza_jobs.emulators import rfc3339
+from alianza_jobs.emulators import rfc3339, stream_webhooks
 from alianza_jobs.emulators.config import EmulatorConfig, FaultSettings, token_digest
+from alianza_jobs.emulators.constants import EMULATOR_WEBHOOK_SECRET
 from alianza_jobs.emulators.faults import gateway_error_page
 from alianza_jobs.emulators.pipeline import (
     AuthFailure,
@@ -41,6 +43,8 @@ CODE_NOT_FOUND = 10003
 CODE_BAD_REQUEST = 10002
 CODE_INTERNAL = 10001
 CODE_NO_ROUTE = 7000
+
+WEBHOOK_PATH = "/accounts/{account_id}/stream/webhook"
 
 
 def _customer_code(account_id: str) -> str:
@@ -110,6 +114,21 @@ def render_video(row: sqlite3.Row, now_us: int, account_id: str) -> dict[str, An
         "clippedFrom": None,
         "liveInput": None,
     }
+
+
+def _notification_url(body: object) -> str:
+    """The ``notificationUrl`` of a PUT body, an absolute http(s) URL; BadRequest otherwise."""
+    url = body.get("notificationUrl") if isinstance(body, dict) else None
+    if not isinstance(url, str) or not url.strip():
+        raise BadRequest("notificationUrl is required: a string with an absolute http(s) URL")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port out of range or not a number
+    except ValueError:
+        raise BadRequest("notificationUrl is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BadRequest("notificationUrl must be an absolute http or https URL")
+    return url
 
 
 def envelope(result: Any, **extra: Any) -> dict[str, Any]:
@@ -198,12 +217,58 @@ class StreamService(EmulatedService):
             extra["total"] = total
         return json_response(envelope([render_video(r, now_us, account) for r in rows], **extra))
 
+    async def put_webhook(self, request: Request) -> Response:
+        return await self.handle(request, f"PUT {WEBHOOK_PATH}", self._put_webhook)
+
+    async def _put_webhook(self, request: Request, ctx: RequestContext) -> Response:
+        try:
+            body = json.loads(await request.body())
+        except ValueError:  # UnicodeDecodeError included
+            return failure(400, CODE_BAD_REQUEST, "The request body is not valid JSON")
+        try:
+            url = _notification_url(body)
+        except BadRequest as exc:
+            return failure(400, CODE_BAD_REQUEST, str(exc))
+        hook = await self.store.call(
+            stream_webhooks.set_webhook,
+            self.store,
+            url,
+            account_id=str(request.path_params["account_id"]),
+            secret=ctx.config.stream.webhook_secret or EMULATOR_WEBHOOK_SECRET,
+            modified_us=rfc3339.to_us(ctx.now),
+        )
+        return json_response(envelope(hook.wire()))
+
+    async def get_webhook(self, request: Request) -> Response:
+        return await self.handle(request, f"GET {WEBHOOK_PATH}", self._get_webhook)
+
+    async def _get_webhook(self, request: Request, ctx: RequestContext) -> Response:
+        hook = await self.store.call(stream_webhooks.get_webhook, self.store)
+        # One webhook per account: another account's is not this one's.
+        if hook is None or hook.account_id != request.path_params["account_id"]:
+            return failure(404, CODE_NOT_FOUND, "Not Found")
+        return json_response(envelope(hook.wire()))
+
+    async def delete_webhook(self, request: Request) -> Response:
+        return await self.handle(request, f"DELETE {WEBHOOK_PATH}", self._delete_webhook)
+
+    async def _delete_webhook(self, request: Request, ctx: RequestContext) -> Response:
+        hook = await self.store.call(stream_webhooks.get_webhook, self.store)
+        if hook is None or hook.account_id != request.path_params["account_id"]:
+            return failure(404, CODE_NOT_FOUND, "Not Found")
+        await self.store.call(stream_webhooks.delete_webhook, self.store)
+        return json_response(envelope(""))
+
     async def no_route(self, request: Request) -> Response:
         return failure(400, CODE_NO_ROUTE, "No route for that URI")
 
     def routes(self) -> Sequence[BaseRoute]:
         return [
             Route("/accounts/{account_id}/stream", self.list_videos, methods=["GET"]),
+            # Before the uid route, which would take "webhook" for a uid.
+            Route(WEBHOOK_PATH, self.put_webhook, methods=["PUT"]),
+            Route(WEBHOOK_PATH, self.get_webhook, methods=["GET"]),
+            Route(WEBHOOK_PATH, self.delete_webhook, methods=["DELETE"]),
             Route("/accounts/{account_id}/stream/{uid}", self.get_video, methods=["GET"]),
             Route(
                 "/{path:path}",

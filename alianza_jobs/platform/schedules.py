@@ -1,30 +1,39 @@
-"""A task's schedule: the cron for this environment (its ``ALIANZA_CRON_<JOB>`` override, else the
-environment's cron, else the default), a tick skipped while a run of its job is still in progress
-(the overlap guard), and a time-partitioned job run for its last complete partition.
+"""A task's schedule and its work sensor: the cron for this environment (its
+``ALIANZA_CRON_<JOB>`` override, else the environment's cron, else the default), a tick skipped
+while a run of its job is still in progress (the overlap guard) or, for a queue, when nothing is
+due (its backlog probe, one query in the code server instead of a run process), and a
+time-partitioned job run for its last complete partition. The sensor launches a queue's job as
+soon as work is due, every few seconds, with the same guard and the same probe.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dagster import (
     DagsterRunStatus,
     DefaultScheduleStatus,
+    DefaultSensorStatus,
     JobDefinition,
     RunRequest,
     RunsFilter,
     ScheduleDefinition,
     ScheduleEvaluationContext,
+    SensorDefinition,
+    SensorEvaluationContext,
     SkipReason,
     TimeWindowPartitionsDefinition,
     schedule,
+    sensor,
 )
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 from dagster._utils.schedules import is_valid_cron_string
 
 from alianza_jobs.platform.tags import TAG_CRON, TAG_SCHEDULED_TIME, TAG_TRIGGER
+from alianza_jobs.redaction import redact, secret_values
 from alianza_jobs.settings import CRON_OVERRIDE_PREFIX, Settings, SettingsError
 
 if TYPE_CHECKING:
@@ -38,6 +47,52 @@ IN_PROGRESS_STATUSES = (
     DagsterRunStatus.CANCELING,
 )
 
+# The resource a backlog probe is given: the database (its `probe()` connection).
+PROBE_RESOURCE = "database"
+DEFAULT_SENSOR_INTERVAL_S = 5
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What a queue's probe found: ``count`` items due (capped: a probe stops counting early),
+    described as ``what`` ("due emails")."""
+
+    count: int
+    what: str
+
+    def describe(self) -> str:
+        return f"{self.count} {self.what}"
+
+
+BacklogProbe = Callable[[Any], Backlog]
+"""Given the database resource, how much work is due now: one cheap, read-only query."""
+
+
+def in_progress(
+    context: ScheduleEvaluationContext | SensorEvaluationContext, job: str
+) -> str | None:
+    """Why not to launch ``job`` now (a run of it is still in progress), or None."""
+    blocking = context.instance.get_runs(
+        filters=RunsFilter(job_name=job, statuses=list(IN_PROGRESS_STATUSES)), limit=1
+    )
+    if not blocking:
+        return None
+    run = blocking[0]
+    return (
+        f"run {run.run_id} of {job} is still {run.status.value.lower()}; "
+        "skipping this tick rather than running alongside it"
+    )
+
+
+def ask_backlog(
+    probe: BacklogProbe, context: ScheduleEvaluationContext | SensorEvaluationContext
+) -> Backlog | str:
+    """The probe's answer, or why it could not be had (redacted: it may quote a database URL)."""
+    try:
+        return probe(getattr(context.resources, PROBE_RESOURCE))
+    except Exception as exc:
+        return redact(f"{type(exc).__name__}: {exc}", secret_values())
+
 
 def task_schedule(
     spec: TaskSpec, target: JobDefinition | UnresolvedAssetJobDefinition, settings: Settings
@@ -49,26 +104,34 @@ def task_schedule(
     partitions_def = target.partitions_def
     job_name = spec.name
 
+    # ALIANZA_EVENT_TRIGGERS=false: every tick runs, as the TypeScript package's crons did.
+    probe = spec.backlog if settings.event_triggers else None
+    skips = "Skips a tick while a run is active"
+    if probe is not None:
+        skips += " or when nothing is due"
+
     @schedule(
         name=f"{spec.name}_schedule",
         cron_schedule=cron,
         job=target,
         execution_timezone="UTC",
         default_status=DefaultScheduleStatus.RUNNING,
-        description=f"Runs {spec.name} on `{cron}` (UTC). Skips a tick while a run is active.",
+        description=f"Runs {spec.name} on `{cron}` (UTC). {skips}.",
         tags={TAG_CRON: cron, TAG_TRIGGER: "schedule", "owner": spec.owner},
+        required_resource_keys={PROBE_RESOURCE} if probe is not None else None,
     )
     def _schedule(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
-        blocking = context.instance.get_runs(
-            filters=RunsFilter(job_name=job_name, statuses=list(IN_PROGRESS_STATUSES)),
-            limit=1,
-        )
-        if blocking:
-            run = blocking[0]
-            return SkipReason(
-                f"run {run.run_id} of {job_name} is still {run.status.value.lower()}; "
-                "skipping this tick rather than running alongside it"
-            )
+        blocked = in_progress(context, job_name)
+        if blocked is not None:
+            return SkipReason(blocked)
+        if probe is not None:
+            backlog = ask_backlog(probe, context)
+            if isinstance(backlog, str):
+                # The cron is the safety net: a probe that cannot answer launches the run,
+                # which then fails (or succeeds) in the open, with its own error.
+                context.log.warning(f"{job_name}: could not ask for due work ({backlog}); running")
+            elif backlog.count == 0:
+                return SkipReason(f"nothing due: {backlog.describe()}")
         scheduled = context.scheduled_execution_time
         tags = {TAG_CRON: cron}
         if scheduled:
@@ -80,6 +143,49 @@ def task_schedule(
         return RunRequest(tags=tags, partition_key=partition_key)
 
     return _schedule
+
+
+def task_sensor(
+    spec: TaskSpec,
+    target: JobDefinition,
+    *,
+    interval_s: int = DEFAULT_SENSOR_INTERVAL_S,
+    description: str | None = None,
+) -> SensorDefinition:
+    """Launches ``spec``'s job as soon as its backlog probe finds work and no run of it is active:
+    work in seconds rather than at the next tick. The schedule, if any, stays as the safety net."""
+    probe = spec.backlog
+    if probe is None:
+        raise ValueError(f"{spec.name}: a work sensor needs the task's backlog probe")
+    job_name = spec.name
+
+    @sensor(
+        name=f"{spec.name}_sensor",
+        job=target,
+        minimum_interval_seconds=interval_s,
+        default_status=DefaultSensorStatus.RUNNING,
+        description=description
+        or (
+            f"Launches {spec.name} within about {interval_s} s of work becoming due, one run at a "
+            "time; the schedule stays as the safety net."
+        ),
+        required_resource_keys={PROBE_RESOURCE},
+    )
+    def _sensor(context: SensorEvaluationContext) -> RunRequest | SkipReason:
+        blocked = in_progress(context, job_name)
+        if blocked is not None:
+            return SkipReason(blocked)
+        backlog = ask_backlog(probe, context)
+        if isinstance(backlog, str):
+            # Unlike the schedule, not a reason to launch: every few seconds it would launch a
+            # failing run. The schedule's next tick runs the job and shows the error.
+            return SkipReason(f"could not ask for due work: {backlog}")
+        if backlog.count == 0:
+            return SkipReason(f"nothing due: {backlog.describe()}")
+        context.log.info(f"{backlog.describe()}: launching {job_name}")
+        return RunRequest(tags={TAG_TRIGGER: "sensor"})
+
+    return _sensor
 
 
 def cron_for(spec: TaskSpec, settings: Settings) -> str | None:

@@ -48,7 +48,8 @@ TOKEN = "cf-doctor-token-0123456789abcdef"
 RESEND_KEY = "re_doctor_key_0123456789abcdef"
 PG_PASSWORD = "pg-doctor-password-0123456789"
 DB_PASSWORD = "app-db-password-0123456789"
-SECRETS = (TOKEN, RESEND_KEY, PG_PASSWORD, DB_PASSWORD)
+WEBHOOK_SECRET = "whsec-doctor-0123456789abcdef"
+SECRETS = (TOKEN, RESEND_KEY, PG_PASSWORD, DB_PASSWORD, WEBHOOK_SECRET)
 # Each check's deadline: the checks that must pass get it on a loaded machine too (5 s was close:
 # a whole doctor run took 4 s with both cores busy); those that must fail do not wait for it.
 CHECK_TIMEOUT_S = 20
@@ -108,6 +109,44 @@ def app_db(make_postgres_database: Callable[[], str]) -> str:
     return url.replace("postgresql://postgres@", f"postgresql://postgres:{DB_PASSWORD}@")
 
 
+def start_receiver(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    """``alianza-jobs webhooks serve`` on a free port, answering its health route."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "alianza_jobs.cli", "webhooks", "serve", "--port", str(port)],
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_answers(f"{url}/healthz", proc, timeout_s=30, what="the webhook receiver")
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc, url
+
+
+@pytest.fixture(scope="module")
+def receiver(app_db: str, emulator: str) -> Iterator[str]:
+    proc, url = start_receiver(
+        {
+            "ALIANZA_ENV": "prod",
+            "DATABASE_URL": app_db,
+            "CLOUDFLARE_ACCOUNT_ID": ACCOUNT,
+            "CLOUDFLARE_STREAM_API_TOKEN": TOKEN,
+            "RESEND_API_KEY": RESEND_KEY,
+            "EMAIL_FROM": "Alianza <jobs@alianza.test>",
+            "CLOUDFLARE_STREAM_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        }
+    )
+    try:
+        yield url
+    finally:
+        stop_process(proc)
+
+
 @pytest.fixture(scope="module")
 def dagster_db(make_postgres_database: Callable[[], str]) -> dict[str, str]:
     info = psycopg.conninfo.conninfo_to_dict(make_postgres_database())
@@ -127,6 +166,7 @@ def prod(
     emulator: str,
     app_db: str,
     dagster_db: dict[str, str],
+    receiver: str,
 ) -> Iterator[DagsterInstance]:
     """The environment of a ready prod deployment; yields its Dagster instance."""
     shutil.copyfile(REPO / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
@@ -139,6 +179,8 @@ def prod(
         "RESEND_API_KEY": RESEND_KEY,
         "RESEND_API_BASE_URL": emulator,
         "EMAIL_FROM": "Alianza <jobs@alianza.test>",
+        "CLOUDFLARE_STREAM_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "ALIANZA_WEBHOOKS_URL": receiver,
         **dagster_db,
     }
     for name, value in env.items():
@@ -205,7 +247,8 @@ def test_a_ready_prod_deployment_passes_every_check(prod: DagsterInstance) -> No
     assert "PostgresRunStorage" in lines["dagster storage"][1]
     assert lines["schedules"][1] == "2 of 2 running"
     assert "sending-only" not in lines["resend api"][1]
-    assert result.output.rstrip().endswith("all 8 checks passed")
+    assert lines["stream webhooks"][1].endswith("answers; 0 deliveries waiting")
+    assert result.output.rstrip().endswith("all 9 checks passed")
     assert_no_secret(result)
 
 
@@ -218,8 +261,13 @@ def test_local_with_the_embedded_emulators_passes(
     instance = DagsterInstance.get()
     heartbeat(instance)
     instance.dispose()
-
-    result, lines = doctor()
+    # As `make dev` starts it: the emulated Stream's secret, no variable to set.
+    proc, url = start_receiver({"DAGSTER_HOME": str(dagster_home)})
+    monkeypatch.setenv("ALIANZA_WEBHOOKS_URL", url)
+    try:
+        result, lines = doctor()
+    finally:
+        stop_process(proc)
 
     assert result.exit_code == 0, result.output
     assert "none required" in lines["secrets"][1]
@@ -247,6 +295,7 @@ def test_unparseable_settings_fail_and_what_depends_on_them_is_not_checked(
         "schedules",
         "stream api",
         "resend api",
+        "stream webhooks",
     }
     assert lines["app database"][1] == "not checked: settings did not load"
     assert lines["daemon"][0] and lines["dagster storage"][0]
@@ -288,7 +337,8 @@ def test_an_unreachable_app_database_fails_without_showing_its_password(
     result, lines = doctor()
 
     assert result.exit_code == 1
-    assert failed(lines) == {"app database"}
+    assert failed(lines) == {"app database", "stream webhooks"}
+    assert "the app database is not ready" in lines["stream webhooks"][1]
     assert "refused" in lines["app database"][1].lower(), lines["app database"]
     assert_no_secret(result)
 
@@ -303,7 +353,8 @@ def test_an_app_database_that_is_not_migrated_fails(
 
     _, lines = doctor()
 
-    assert failed(lines) == {"app database"}
+    assert failed(lines) == {"app database", "stream webhooks"}
+    assert "the app database is not ready" in lines["stream webhooks"][1]
     assert "alianza-jobs db upgrade" in lines["app database"][1]
 
 
@@ -431,3 +482,48 @@ def test_an_unreachable_api_fails(prod: DagsterInstance, monkeypatch: pytest.Mon
 
     assert failed(lines) == {"stream api"}
     assert "network_error" in lines["stream api"][1] or "Connect" in lines["stream api"][1]
+
+
+def test_no_receiver_fails_naming_the_command(
+    prod: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    heartbeat(prod)
+    monkeypatch.setenv("ALIANZA_WEBHOOKS_URL", f"http://127.0.0.1:{free_port()}")
+
+    _, lines = doctor()
+
+    assert failed(lines) == {"stream webhooks"}
+    assert "alianza-jobs webhooks serve" in lines["stream webhooks"][1]
+
+
+def test_a_missing_webhook_secret_fails_and_is_named(
+    prod: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    heartbeat(prod)
+    monkeypatch.delenv("CLOUDFLARE_STREAM_WEBHOOK_SECRET")
+
+    result, lines = doctor()
+
+    assert failed(lines) == {"stream webhooks"}
+    assert "CLOUDFLARE_STREAM_WEBHOOK_SECRET is not set" in lines["stream webhooks"][1]
+    assert_no_secret(result)
+
+
+def test_deliveries_nobody_applies_fail(prod: DagsterInstance, app_db: str) -> None:
+    heartbeat(prod)
+    plain = app_db.replace(f":{DB_PASSWORD}@", "@")
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO stream_webhook_deliveries (body_sha256, uid, payload, received_at) "
+            "VALUES (%s, %s, '{}', now() - interval '10 minutes')",
+            ("d" * 64, "e" * 32),
+        )
+    try:
+        _, lines = doctor()
+    finally:
+        with psycopg.connect(plain, autocommit=True) as conn:
+            conn.execute("DELETE FROM stream_webhook_deliveries")
+
+    assert failed(lines) == {"stream webhooks"}
+    assert "1 deliveries waiting" in lines["stream webhooks"][1]
+    assert "apply_stream_webhooks_sensor" in lines["stream webhooks"][1]

@@ -42,6 +42,7 @@ APP_TABLES = {
     "circuit_breakers",
     "video_checks",
     "email_deliveries",
+    "stream_webhook_deliveries",
 }
 VERSION_TABLE = "alianza_jobs_version"
 PLATFORM_TABLES = {"users", "user_sessions", "streamings", "email_queue"}
@@ -76,7 +77,7 @@ async def tables(engine: AsyncEngine) -> set[str]:
 
 def test_the_jobs_own_tables_are_what_the_migrations_make() -> None:
     assert set(metadata.tables) == APP_TABLES
-    assert migrate.head_revision() == "0001"
+    assert migrate.head_revision() == "0002"
     assert migrate.VERSION_TABLE == VERSION_TABLE
 
 
@@ -302,11 +303,11 @@ def test_cli_revision_writes_the_next_numbered_migration(
     assert runner.invoke(cli, ["db", "upgrade"]).exit_code == 0
     wrote = runner.invoke(cli, ["db", "revision", "add nothing"])
     assert wrote.exit_code == 0, wrote.output
-    [new] = (scripts / "versions").glob("0002_*.py")
-    assert new.name == "0002_add_nothing.py"
+    [new] = (scripts / "versions").glob("0003_*.py")
+    assert new.name == "0003_add_nothing.py"
     source = new.read_text()
-    assert 'revision: str = "0002"' in source or "revision: str = '0002'" in source
-    assert "'0001'" in source or '"0001"' in source  # down_revision
-    assert migrate.head_revision() == "0002"
+    assert 'revision: str = "0003"' in source or "revision: str = '0003'" in source
+    assert "'0002'" in source or '"0002"' in source  # down_revision
+    assert migrate.head_revision() == "0003"
     upgraded = runner.invoke(cli, ["db", "upgrade"])
-    assert "upgraded 0001 -> 0002" in upgraded.output
+    assert "upgraded 0002 -> 0003" in upgraded.output

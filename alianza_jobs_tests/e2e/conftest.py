@@ -41,6 +41,8 @@ RESEND_KEY = f"re_e2e_{secrets.token_hex(12)}"
 # file or a log (it would in a DSN written into dagster.yaml).
 DAGSTER_PG_PASSWORD = f"pg-e2e-{secrets.token_hex(12)}"
 EMAIL_FROM = "Alianza <jobs@alianza.test>"
+# What the emulated Stream signs its webhooks with, as `webhooks register` hands it over.
+WEBHOOK_SECRET = f"whsec-e2e-{secrets.token_hex(12)}"
 # A cron that does not fire while the suite runs (unless it runs at midnight on New Year's Day).
 QUIET_CRON = "0 0 1 1 *"
 
@@ -96,7 +98,7 @@ def deployment(
     logs.mkdir()
     emulator_state = root / "emulators"
     e2e_state = root / "e2e-state"
-    emulator_port, web_port = free_port(), free_port()
+    emulator_port, web_port, webhooks_port = free_port(), free_port(), free_port()
     emulator_url = f"http://127.0.0.1:{emulator_port}"
     pg = _pg_parts(dagster_db)
 
@@ -128,6 +130,10 @@ def deployment(
         # The schedule test needs a real job bound to `* * * * *` whatever is wired in by now.
         "ALIANZA_CRON_CLEANUP_EXPIRED_SESSIONS": "* * * * *",
         "ALIANZA_E2E_STATE_DIR": str(e2e_state),
+        # The receiver, as deploy/Procfile starts it, and where the doctor finds it.
+        "WEBHOOKS_PORT": str(webhooks_port),
+        "ALIANZA_WEBHOOKS_URL": f"http://127.0.0.1:{webhooks_port}",
+        "CLOUDFLARE_STREAM_WEBHOOK_SECRET": WEBHOOK_SECRET,
         # The emulator requires exactly these, as the real APIs require valid ones.
         "ALIANZA_EMULATOR_REQUIRE_TOKEN": STREAM_TOKEN,
         "ALIANZA_EMULATOR_REQUIRE_RESEND_KEY": RESEND_KEY,
@@ -167,6 +173,8 @@ def deployment(
         # The processes as deploy/Procfile declares them, started from the installation root.
         daemon=Service("daemon", procfile_argv("daemon"), env, root, logs),
         webserver=Service("webserver", procfile_argv("web"), env, root, logs),
+        webhooks=Service("webhooks", procfile_argv("webhooks"), env, root, logs),
+        webhook_secret=WEBHOOK_SECRET,
     )
     # The test process reads the same instance: deploy/dagster.yaml resolves DAGSTER_PG_* here too.
     with pytest.MonkeyPatch.context() as mp:
@@ -175,6 +183,9 @@ def deployment(
         mp.setenv("DAGSTER_PG_PASSWORD", DAGSTER_PG_PASSWORD)
         try:
             deployment.start()
+            if "ALIANZA_CRON_PROCESS_EMAIL_QUEUE" in env:
+                # Likewise the email queue's work sensor, which would send the rows within seconds.
+                deployment.stop_sensor("process_email_queue_sensor")
             print(f"\ne2e: deployment ready in {deployment.startup_s:.0f} s")
             yield deployment
         finally:

@@ -198,6 +198,8 @@ class Deployment:
     emulator: Service
     daemon: Service
     webserver: Service
+    webhooks: Service
+    webhook_secret: str
     startup_s: float = 0.0
     instance: DagsterInstance = field(init=False)
     graphql: DagsterGraphQLClient = field(init=False)
@@ -217,6 +219,7 @@ class Deployment:
             timeout=30,
         )
         self._setup_databases()
+        self._start_webhooks()
         self.daemon.start()
         self.webserver.start()
         self.instance = DagsterInstance.from_config(str(self.home))
@@ -226,7 +229,7 @@ class Deployment:
         except AssertionError as exc:
             tails = "\n".join(
                 f"--- {s.name} (last lines) ---\n" + "\n".join(s.log_text().splitlines()[-30:])
-                for s in (self.emulator, self.daemon, self.webserver)
+                for s in (self.emulator, self.webhooks, self.daemon, self.webserver)
             )
             raise AssertionError(f"{exc}\n{tails}") from None
         self.startup_s = time.monotonic() - started
@@ -242,6 +245,26 @@ class Deployment:
         assert upgrade.returncode == 0, upgrade.stderr
         migrate = self.run([str(BIN / "dagster"), "instance", "migrate"])
         assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+
+    @property
+    def webhooks_url(self) -> str:
+        return self.env["ALIANZA_WEBHOOKS_URL"]
+
+    def _start_webhooks(self) -> None:
+        """The receiver, then the account's webhook pointed at it, as deploy/README.md says: the
+        emulated Stream hands over the secret the receiver already has (configured to, as the
+        real one answers with the account's)."""
+        from alianza_jobs.emulators import StreamEmulator
+
+        StreamEmulator(self.emulator_state_dir).configure(webhook_secret=self.webhook_secret)
+        self.webhooks.start()
+        wait_for(
+            "the webhook receiver", lambda: _http_ok(f"{self.webhooks_url}/healthz"), timeout=30
+        )
+        registered = self.cli(
+            "webhooks", "register", "--url", f"{self.webhooks_url}/stream/webhook"
+        )
+        assert registered.returncode == 0, registered.stdout + registered.stderr
 
     def wait_until_ready(self, timeout: float = 120) -> None:
         wait_for("the webserver", lambda: _http_ok(f"{self.url}/server_info"), timeout=timeout)
@@ -267,11 +290,11 @@ class Deployment:
         return crashed
 
     def stop(self) -> None:
-        stop_all([self.webserver, self.daemon, self.emulator])
+        stop_all([self.webserver, self.daemon, self.webhooks, self.emulator])
         if hasattr(self, "instance"):
             self.instance.dispose()
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        for service in (self.webserver, self.daemon, self.emulator):
+        for service in (self.webserver, self.daemon, self.webhooks, self.emulator):
             for n in range(1, service.starts + 1):
                 log = service.log_dir / f"{service.name}.{n}.log"
                 if log.exists():
@@ -294,6 +317,37 @@ class Deployment:
         return self.run([str(BIN / "alianza-jobs"), *args], timeout=timeout)
 
     # -- Dagster, through GraphQL (as a client would) and its storage (as an operator would) ----
+
+    def stop_sensor(self, name: str, location: str = "alianza_jobs") -> None:
+        """Turn a sensor off as an operator would in the UI (Automation -> the sensor -> off)."""
+        found = self.graphql_query(
+            """
+            query ($s: SensorSelector!) {
+              sensorOrError(sensorSelector: $s) {
+                __typename
+                ... on Sensor { jobOriginId sensorState { selectorId } }
+              }
+            }""",
+            {
+                "s": {
+                    "repositoryLocationName": location,
+                    "repositoryName": "__repository__",
+                    "sensorName": name,
+                }
+            },
+        )["sensorOrError"]
+        assert found["__typename"] == "Sensor", found
+        stopped = self.graphql_query(
+            """
+            mutation ($origin: String!, $selector: String!) {
+              stopSensor(jobOriginId: $origin, jobSelectorId: $selector) {
+                __typename
+                ... on StopSensorMutationResult { instigationState { status } }
+              }
+            }""",
+            {"origin": found["jobOriginId"], "selector": found["sensorState"]["selectorId"]},
+        )["stopSensor"]
+        assert stopped["instigationState"]["status"] == "STOPPED", stopped
 
     def graphql_query(self, query: str, variables: dict[str, Any] | None = None) -> Any:
         response = httpx.post(

@@ -109,7 +109,7 @@ def test_doctor_passes_against_the_running_deployment(deployment: Deployment) ->
     lines = result.stdout.splitlines()
     assert result.returncode == 0, result.stdout + result.stderr
     checks = [line for line in lines if line.startswith(("ok", "FAIL"))]
-    assert len(checks) == 8 and all(line.startswith("ok") for line in checks), result.stdout
+    assert len(checks) == 9 and all(line.startswith("ok") for line in checks), result.stdout
     assert "PostgresRunStorage" in result.stdout
     for secret in (DAGSTER_PG_PASSWORD, STREAM_TOKEN, RESEND_KEY):
         assert secret not in result.stdout + result.stderr

@@ -176,7 +176,8 @@ def test_each_env_example_names_every_variable_and_holds_no_secret(env: str) -> 
 
 def test_the_units_and_the_procfile_run_the_same_two_processes() -> None:
     commands = procfile()
-    assert set(commands) == {"web", "daemon"}
+    assert set(commands) == {"web", "daemon", "webhooks"}
+    assert commands["webhooks"].startswith("alianza-jobs webhooks serve ")
     assert commands["web"].startswith("dagster-webserver -w deploy/workspace.yaml ")
     assert commands["daemon"] == "dagster-daemon run -w deploy/workspace.yaml"
     assert _load(PRODUCTION_WORKSPACE)["load_from"] == [
@@ -191,15 +192,18 @@ def test_the_units_and_the_procfile_run_the_same_two_processes() -> None:
     for unit, program in (
         ("webserver", "dagster-webserver -w"),
         ("daemon", "dagster-daemon run -w"),
+        ("webhooks", "alianza-jobs webhooks serve"),
     ):
         parser = _unit(unit)
         service = parser["Service"]
         assert program in service["ExecStart"]
-        assert "/opt/alianza-jobs/deploy/workspace.yaml" in service["ExecStart"]
+        if unit != "webhooks":
+            assert "/opt/alianza-jobs/deploy/workspace.yaml" in service["ExecStart"]
         assert service["EnvironmentFile"] == "/etc/alianza-jobs/alianza-jobs.env"
         assert service["Restart"] == "always"
         assert parser["Install"]["WantedBy"] == "multi-user.target"
     assert "-h 127.0.0.1 " in _unit("webserver")["Service"]["ExecStart"]
+    assert "--host 127.0.0.1 " in _unit("webhooks")["Service"]["ExecStart"]
     # Runs are the daemon's child processes: a daemon restart must not kill them (see the unit).
     assert _unit("daemon")["Service"]["KillMode"] == "process"
 
@@ -215,7 +219,7 @@ def _unit(name: str) -> configparser.ConfigParser:
 def test_systemd_accepts_the_units(tmp_path: Path) -> None:
     """Syntax and directives, as systemd reads them (paths pointed at this machine's virtualenv,
     since verify also checks that ExecStart's program exists)."""
-    for unit in ("webserver", "daemon"):
+    for unit in ("webserver", "daemon", "webhooks"):
         text = (DEPLOY / "systemd" / f"alianza-jobs-{unit}.service").read_text()
         text = text.replace("/opt/alianza-jobs/.venv/bin", str(BIN))
         path = tmp_path / f"alianza-jobs-{unit}.service"

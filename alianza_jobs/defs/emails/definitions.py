@@ -10,9 +10,12 @@ from alianza_jobs.settings import Settings
 
 
 def build_defs(settings: Settings) -> dg.Definitions:
-    job = process_email_queue.job
+    task, job = process_email_queue.TASK, process_email_queue.job
     return dg.Definitions(
         assets=[EMAIL_QUEUE],
         jobs=[job],
-        schedules=[process_email_queue.TASK.schedule(job, settings)],
+        # The per-minute schedule is the TypeScript package's contract and the safety net; the
+        # sensor sends new email within seconds.
+        schedules=[task.schedule(job, settings)],
+        sensors=[task.sensor(job)] if settings.event_triggers else [],
     )

@@ -10,14 +10,28 @@ from datetime import timedelta
 
 from dagster import Backoff, Failure, Jitter, OpExecutionContext
 
+from alianza_jobs.db.types import utcnow
+from alianza_jobs.defs.emails import queue_sql
 from alianza_jobs.defs.emails.config import EmailQueueConfig
 from alianza_jobs.defs.emails.rules import InvalidEmail, prepare_email
 from alianza_jobs.defs.emails.sending import EmailQueueRun
 from alianza_jobs.logs import get_logger
 from alianza_jobs.platform.breakers import DatabaseBreakerStore
 from alianza_jobs.platform.failures import dagster_failure
+from alianza_jobs.platform.schedules import Backlog
 from alianza_jobs.platform.task import Retry, TaskReport, TaskSpec
 from alianza_jobs.resources import AppConfig, Database, ResendEmail
+
+# The probe counts no further: enough to say "there is work" and roughly how much.
+BACKLOG_CAP = 1000
+
+
+def due_emails(database: Database) -> Backlog:
+    """The schedule's and the sensor's question: are there emails a run would send now?"""
+    with database.probe() as (conn, tables):
+        count = queue_sql.count_due(conn, tables, now=utcnow(), cap=BACKLOG_CAP)
+    return Backlog(count, "due emails" if count != 1 else "due email")
+
 
 TASK = TaskSpec(
     name="process_email_queue",
@@ -34,6 +48,7 @@ TASK = TaskSpec(
         jitter=Jitter.PLUS_MINUS,
     ),
     assets=["email_queue"],
+    backlog=due_emails,
 )
 
 

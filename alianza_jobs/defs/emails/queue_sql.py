@@ -29,6 +29,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from alianza_jobs.db.claims import lease_is_free
@@ -78,6 +79,31 @@ def on_platform(emails: Table) -> ColumnElement[bool]:
     # The platform may delete a queued email whose group awaits a retry: no claim can read its
     # delivery back, so counted in the group it would keep the rest waiting forever.
     return select(emails.c.id).where(keyed_by(emails, DELIVERIES.c.email_id)).exists()
+
+
+def count_due(conn: Connection, tables: PlatformTables, *, now: datetime, cap: int) -> int:
+    """How many emails a run would find due now, counting no further than ``cap`` (the work
+    probe's question, on a synchronous connection): never claimed, or claimed, unfinished, due
+    and with a free lease (fresh ones and groups awaiting their retry alike)."""
+    e = tables.email_queue
+    due = (
+        select(literal(1))
+        .select_from(e.outerjoin(DELIVERIES, DELIVERIES.c.email_id == key_as_text(e)))
+        .where(
+            unfinished_on_platform(tables),
+            or_(
+                DELIVERIES.c.email_id.is_(None),
+                and_(
+                    DELIVERIES.c.status.in_(UNFINISHED),
+                    DELIVERIES.c.next_attempt_at <= now,
+                    lease_is_free(DELIVERIES, now),
+                ),
+            ),
+        )
+        .limit(cap)
+        .subquery()
+    )
+    return int(conn.scalar(select(func.count()).select_from(due)) or 0)
 
 
 async def claim_fresh(

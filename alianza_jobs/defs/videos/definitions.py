@@ -1,21 +1,33 @@
-"""Video: the Stream upload queue and the catalog mirror, and their tables."""
+"""Video: the Stream upload queue, the webhooks that settle it early, the catalog mirror, and
+their tables."""
 
 from __future__ import annotations
 
 import dagster as dg
 
-from alianza_jobs.defs.videos import process_streaming_video_queue, sync_stream_catalog
+from alianza_jobs.defs.videos import (
+    apply_stream_webhooks,
+    process_streaming_video_queue,
+    sync_stream_catalog,
+)
 from alianza_jobs.defs.videos.assets import STREAM_VIDEOS, STREAMINGS
 from alianza_jobs.settings import Settings
 
 
 def build_defs(settings: Settings) -> dg.Definitions:
-    queue, sync = process_streaming_video_queue, sync_stream_catalog
+    queue, sync, webhooks = (
+        process_streaming_video_queue,
+        sync_stream_catalog,
+        apply_stream_webhooks,
+    )
     return dg.Definitions(
         assets=[STREAMINGS, STREAM_VIDEOS],
-        jobs=[queue.job, sync.job],
+        jobs=[queue.job, sync.job, webhooks.job],
+        # The queue's cron stays the safety net for deliveries that never came. The catalog sync
+        # runs on every tick: only a call to Stream could tell whether its catalog changed.
         schedules=[
             queue.TASK.schedule(queue.job, settings),
             sync.TASK.schedule(sync.job, settings),
         ],
+        sensors=[webhooks.TASK.sensor(webhooks.job)] if settings.event_triggers else [],
     )

@@ -13,15 +13,28 @@ from dagster import Backoff, Jitter, OpExecutionContext
 
 from alianza_jobs.clients.http import ApiError
 from alianza_jobs.db.claims import release_held
+from alianza_jobs.db.types import utcnow
 from alianza_jobs.defs.videos.queue_config import VideoQueueConfig
 from alianza_jobs.defs.videos.queue_run import VideoQueueRun
-from alianza_jobs.defs.videos.queue_sql import CHECKS, NO_EXTERNAL_ID, lease_due_rows
+from alianza_jobs.defs.videos.queue_sql import CHECKS, NO_EXTERNAL_ID, count_due, lease_due_rows
 from alianza_jobs.defs.videos.reconcile import NOT_FOUND_REASON
 from alianza_jobs.logs import get_logger
 from alianza_jobs.platform.breakers import DatabaseBreakerStore
 from alianza_jobs.platform.failures import dagster_failure
+from alianza_jobs.platform.schedules import Backlog
 from alianza_jobs.platform.task import Retry, TaskReport, TaskSpec
 from alianza_jobs.resources import CloudflareStream, Database
+
+# The probe counts no further: enough to say "there is work" and roughly how much.
+BACKLOG_CAP = 1000
+
+
+def queued_videos(database: Database) -> Backlog:
+    """The schedule's question: are there queued videos a run would lease now?"""
+    with database.probe() as (conn, tables):
+        count = count_due(conn, tables, now=utcnow(), cap=BACKLOG_CAP)
+    return Backlog(count, "queued videos" if count != 1 else "queued video")
+
 
 TASK = TaskSpec(
     name="process_streaming_video_queue",
@@ -40,6 +53,7 @@ TASK = TaskSpec(
         jitter=Jitter.PLUS_MINUS,
     ),
     assets=["streamings"],
+    backlog=queued_videos,
 )
 
 # processed = succeeded + failed + deferred + lease_lost; succeeded = ready + still_processing +

@@ -28,6 +28,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from alianza_jobs.db.claims import lease_is_free, release_rows, update_by_key
@@ -69,6 +70,23 @@ def missing_external_id(streamings: Table) -> ColumnElement[bool]:
     return or_(streamings.c.external_id.is_(None), func.trim(streamings.c.external_id) == "")
 
 
+def count_due(conn: Connection, tables: PlatformTables, *, now: datetime, cap: int) -> int:
+    """How many rows a run would lease now, counting no further than ``cap`` (the work probe's
+    question, on a synchronous connection): queued, not deleted, and not leased to anyone."""
+    s = tables.streamings
+    due = [queued(tables)]
+    if "deleted_at" in s.c:
+        due.append(s.c.deleted_at.is_(None))
+    rows = (
+        select(literal(1))
+        .select_from(s.outerjoin(CHECKS, CHECKS.c.streaming_id == key_as_text(s)))
+        .where(*due, or_(CHECKS.c.streaming_id.is_(None), lease_is_free(CHECKS, now)))
+        .limit(cap)
+        .subquery()
+    )
+    return int(conn.scalar(select(func.count()).select_from(rows)) or 0)
+
+
 async def lease_due_rows(
     engine: AsyncEngine,
     tables: PlatformTables,
@@ -76,6 +94,7 @@ async def lease_due_rows(
     owner: str,
     lease: timedelta,
     now: datetime | None = None,
+    external_ids: Sequence[str] | None = None,
 ) -> int:
     """Lease every due row in one statement; returns how many. Nothing is read back: at 100,000
     rows the ids alone would be the largest thing this task holds.
@@ -84,6 +103,8 @@ async def lease_due_rows(
     lease is free gets the new lease, a row someone holds is left alone. Two claimers at once
     cannot both win a row: the second's insert or update waits for the first's to commit, and
     the conflict's WHERE then sees the lease taken.
+
+    ``external_ids``: only the rows of these Stream uids (the webhooks' videos).
     """
     now = now or utcnow()
     s = tables.streamings
@@ -91,6 +112,8 @@ async def lease_due_rows(
     due = [queued(tables)]
     if "deleted_at" in s.c:
         due.append(s.c.deleted_at.is_(None))
+    if external_ids is not None:
+        due.append(s.c.external_id.in_(list(external_ids)))
     candidates = (
         select(
             key_as_text(s),

@@ -1,0 +1,204 @@
+"""Runs only when there is work: the queue schedules skip ticks that would find nothing, the work
+sensors launch a run as soon as work is due, and both ask the real database (one query each)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from dagster import (
+    DagsterInstance,
+    DagsterRunStatus,
+    build_schedule_context,
+    build_sensor_context,
+)
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from alianza_jobs.db.types import utcnow
+from alianza_jobs.defs.emails import process_email_queue
+from alianza_jobs.defs.videos import apply_stream_webhooks, process_streaming_video_queue
+from alianza_jobs.defs.videos.webhook_sql import DELIVERIES, store_delivery
+from alianza_jobs.platform.tags import TAG_TRIGGER
+from alianza_jobs.resources import Database
+from alianza_jobs.settings import load_settings
+from alianza_jobs_tests.defs.emails.fixtures import add_emails, email
+from alianza_jobs_tests.defs.videos.fixtures import insert_streamings, uid_for
+
+TICK = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+
+
+def evaluate_schedule(task: Any, job: Any, url: str, instance: DagsterInstance, **env: str) -> Any:
+    schedule = task.TASK.schedule(job, load_settings(env))
+    context = build_schedule_context(
+        instance=instance,
+        scheduled_execution_time=TICK,
+        resources={"database": Database(url=url)},
+    )
+    return schedule.evaluate_tick(context)
+
+
+def evaluate_sensor(task: Any, url: str, instance: DagsterInstance) -> Any:
+    sensor = task.TASK.sensor(task.job)
+    context = build_sensor_context(instance=instance, resources={"database": Database(url=url)})
+    return sensor.evaluate_tick(context)
+
+
+@pytest.fixture
+def instance() -> DagsterInstance:
+    return DagsterInstance.get()
+
+
+# -- email --------------------------------------------------------------------------------------
+
+
+async def test_an_empty_email_queue_skips_the_tick_and_the_sensor(
+    engine: AsyncEngine, database_url: str, instance: DagsterInstance
+) -> None:
+    await add_emails(engine, [email(1, status="sent"), email(2, status="dead")])
+    tick = evaluate_schedule(process_email_queue, process_email_queue.job, database_url, instance)
+    assert not tick.run_requests
+    assert tick.skip_message == "nothing due: 0 due emails"
+    sensed = evaluate_sensor(process_email_queue, database_url, instance)
+    assert not sensed.run_requests
+    assert sensed.skip_message == "nothing due: 0 due emails"
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        pytest.param({}, id="never claimed"),
+        pytest.param({"attempts": 1, "status": "failed"}, id="a failed one whose retry is due"),
+    ],
+)
+async def test_due_email_launches_from_both(
+    engine: AsyncEngine, database_url: str, instance: DagsterInstance, row: dict[str, Any]
+) -> None:
+    await add_emails(engine, [email(1, **row), email(2, status="sent")])
+    tick = evaluate_schedule(process_email_queue, process_email_queue.job, database_url, instance)
+    assert tick.skip_message is None
+    assert len(tick.run_requests) == 1
+    sensed = evaluate_sensor(process_email_queue, database_url, instance)
+    [request] = sensed.run_requests
+    assert request.tags[TAG_TRIGGER] == "sensor"
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        pytest.param({"next_attempt_at": utcnow() + timedelta(minutes=5)}, id="retry not yet due"),
+        pytest.param(
+            {"locked_by": "another-run", "locked_until": utcnow() + timedelta(minutes=5)},
+            id="leased by a run",
+        ),
+    ],
+)
+async def test_email_that_is_not_due_launches_nothing(
+    engine: AsyncEngine, database_url: str, instance: DagsterInstance, row: dict[str, Any]
+) -> None:
+    await add_emails(engine, [email(1, **row)])
+    sensed = evaluate_sensor(process_email_queue, database_url, instance)
+    assert not sensed.run_requests
+    assert sensed.skip_message == "nothing due: 0 due emails"
+
+
+async def test_cron_only_mode_runs_every_tick_as_the_typescript_package_did(
+    engine: AsyncEngine, database_url: str, instance: DagsterInstance
+) -> None:
+    tick = evaluate_schedule(
+        process_email_queue,
+        process_email_queue.job,
+        database_url,
+        instance,
+        ALIANZA_EVENT_TRIGGERS="false",
+    )
+    assert len(tick.run_requests) == 1
+
+
+def test_a_probe_that_cannot_ask_runs_the_schedule_but_not_the_sensor(
+    tmp_path: Any, instance: DagsterInstance
+) -> None:
+    # A database without the platform's tables: the run it launches fails with the real error.
+    url = f"sqlite:///{tmp_path / 'bare.db'}"
+    tick = evaluate_schedule(process_email_queue, process_email_queue.job, url, instance)
+    assert len(tick.run_requests) == 1
+    sensed = evaluate_sensor(process_email_queue, url, instance)
+    assert not sensed.run_requests
+    assert sensed.skip_message.startswith("could not ask for due work:")
+
+
+async def test_the_sensor_waits_while_a_run_of_the_job_is_active(
+    engine: AsyncEngine, database_url: str, instance: DagsterInstance
+) -> None:
+    await add_emails(engine, [email(1)])
+    run = instance.create_run_for_job(
+        job_def=process_email_queue.job, status=DagsterRunStatus.STARTED
+    )
+    sensed = evaluate_sensor(process_email_queue, database_url, instance)
+    assert not sensed.run_requests
+    assert run.run_id in sensed.skip_message
+
+
+# -- videos -------------------------------------------------------------------------------------
+
+
+async def test_the_video_schedule_runs_only_with_queued_videos(
+    engine: AsyncEngine, database_url: str, instance: DagsterInstance
+) -> None:
+    task, job = process_streaming_video_queue, process_streaming_video_queue.job
+    await insert_streamings(engine, [{"external_id": uid_for("done"), "status": "ready"}])
+    assert evaluate_schedule(task, job, database_url, instance).skip_message == (
+        "nothing due: 0 queued videos"
+    )
+    await insert_streamings(
+        engine,
+        [
+            {
+                "external_id": uid_for("held"),
+                "locked_by": "another-run",
+                "locked_until": utcnow() + timedelta(minutes=3),
+            }
+        ],
+    )
+    assert evaluate_schedule(task, job, database_url, instance).skip_message == (
+        "nothing due: 0 queued videos"
+    )
+    await insert_streamings(engine, [{"external_id": uid_for("new")}])
+    assert len(evaluate_schedule(task, job, database_url, instance).run_requests) == 1
+
+
+async def test_the_webhook_sensor_launches_only_for_pending_deliveries(
+    engine: AsyncEngine, database_url: str, instance: DagsterInstance
+) -> None:
+    task = apply_stream_webhooks
+    assert evaluate_sensor(task, database_url, instance).skip_message == (
+        "nothing due: 0 pending webhook deliveries"
+    )
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(DELIVERIES),
+            [
+                {
+                    "body_sha256": "0" * 64,
+                    "uid": uid_for("applied"),
+                    "payload": {},
+                    "received_at": utcnow(),
+                    "applied_at": utcnow(),
+                    "outcome": "applied",
+                }
+            ],
+        )
+    assert not evaluate_sensor(task, database_url, instance).run_requests
+    body = {"uid": uid_for("new"), "status": {"state": "ready"}}
+    await store_delivery(
+        engine,
+        body_sha256="1" * 64,
+        uid=body["uid"],
+        state="ready",
+        payload=json.loads(json.dumps(body)),
+        now=utcnow(),
+    )
+    [request] = evaluate_sensor(task, database_url, instance).run_requests
+    assert request.tags[TAG_TRIGGER] == "sensor"
