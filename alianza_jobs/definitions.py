@@ -7,6 +7,8 @@ module within its domain (or a domain folder), and list the new domain here.
 
 from __future__ import annotations
 
+import warnings
+
 import dagster as dg
 
 from alianza_jobs.defs.alerts import definitions as alerts
@@ -19,6 +21,15 @@ from alianza_jobs.defs.videos import definitions as videos
 from alianza_jobs.platform.schedules import check_cron_overrides
 from alianza_jobs.resources import build_resources
 from alianza_jobs.settings import Settings, load_settings
+
+# Dagster 1.13 copies every plain sensor when it loads a code location (to add its reconstruction
+# metadata) and passes the copy `owners=[]`, which its beta check mistakes for an owner being set:
+# a BetaWarning about a parameter we never use, printed by every command that loads the location.
+warnings.filterwarnings(
+    "ignore",
+    message=r"Parameter `owners` of initializer `SensorDefinition.__init__` is currently in beta",
+    category=dg.BetaWarning,
+)
 
 DOMAINS = (videos, emails, health, sessions, reports, dead_letters, alerts)
 

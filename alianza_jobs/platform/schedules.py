@@ -18,6 +18,7 @@ from dagster import (
     DefaultScheduleStatus,
     DefaultSensorStatus,
     JobDefinition,
+    ResourceParam,
     RunRequest,
     RunsFilter,
     ScheduleDefinition,
@@ -47,8 +48,6 @@ IN_PROGRESS_STATUSES = (
     DagsterRunStatus.CANCELING,
 )
 
-# The resource a backlog probe is given: the database (its `probe()` connection).
-PROBE_RESOURCE = "database"
 DEFAULT_SENSOR_INTERVAL_S = 5
 
 
@@ -84,12 +83,10 @@ def in_progress(
     )
 
 
-def ask_backlog(
-    probe: BacklogProbe, context: ScheduleEvaluationContext | SensorEvaluationContext
-) -> Backlog | str:
+def ask_backlog(probe: BacklogProbe, database: Any) -> Backlog | str:
     """The probe's answer, or why it could not be had (redacted: it may quote a database URL)."""
     try:
-        return probe(getattr(context.resources, PROBE_RESOURCE))
+        return probe(database)
     except Exception as exc:
         return redact(f"{type(exc).__name__}: {exc}", secret_values())
 
@@ -110,22 +107,12 @@ def task_schedule(
     if probe is not None:
         skips += " or when nothing is due"
 
-    @schedule(
-        name=f"{spec.name}_schedule",
-        cron_schedule=cron,
-        job=target,
-        execution_timezone="UTC",
-        default_status=DefaultScheduleStatus.RUNNING,
-        description=f"Runs {spec.name} on `{cron}` (UTC). {skips}.",
-        tags={TAG_CRON: cron, TAG_TRIGGER: "schedule", "owner": spec.owner},
-        required_resource_keys={PROBE_RESOURCE} if probe is not None else None,
-    )
-    def _schedule(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
+    def evaluate(context: ScheduleEvaluationContext, database: Any) -> RunRequest | SkipReason:
         blocked = in_progress(context, job_name)
         if blocked is not None:
             return SkipReason(blocked)
         if probe is not None:
-            backlog = ask_backlog(probe, context)
+            backlog = ask_backlog(probe, database)
             if isinstance(backlog, str):
                 # The cron is the safety net: a probe that cannot answer launches the run,
                 # which then fails (or succeeds) in the open, with its own error.
@@ -142,7 +129,29 @@ def task_schedule(
             partition_key = last_complete_partition(partitions_def, scheduled)
         return RunRequest(tags=tags, partition_key=partition_key)
 
-    return _schedule
+    decorate = schedule(
+        name=f"{spec.name}_schedule",
+        cron_schedule=cron,
+        job=target,
+        execution_timezone="UTC",
+        default_status=DefaultScheduleStatus.RUNNING,
+        description=f"Runs {spec.name} on `{cron}` (UTC). {skips}.",
+        tags={TAG_CRON: cron, TAG_TRIGGER: "schedule", "owner": spec.owner},
+    )
+    if probe is None:
+
+        def _plain(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
+            return evaluate(context, None)
+
+        return decorate(_plain)
+
+    # The probe's resource as a parameter: how Dagster hands resources to a schedule.
+    def _probed(
+        context: ScheduleEvaluationContext, database: ResourceParam[Any]
+    ) -> RunRequest | SkipReason:
+        return evaluate(context, database)
+
+    return decorate(_probed)
 
 
 def task_sensor(
@@ -169,13 +178,14 @@ def task_sensor(
             f"Launches {spec.name} within about {interval_s} s of work becoming due, one run at a "
             "time; the schedule stays as the safety net."
         ),
-        required_resource_keys={PROBE_RESOURCE},
     )
-    def _sensor(context: SensorEvaluationContext) -> RunRequest | SkipReason:
+    def _sensor(
+        context: SensorEvaluationContext, database: ResourceParam[Any]
+    ) -> RunRequest | SkipReason:
         blocked = in_progress(context, job_name)
         if blocked is not None:
             return SkipReason(blocked)
-        backlog = ask_backlog(probe, context)
+        backlog = ask_backlog(probe, database)
         if isinstance(backlog, str):
             # Unlike the schedule, not a reason to launch: every few seconds it would launch a
             # failing run. The schedule's next tick runs the job and shows the error.

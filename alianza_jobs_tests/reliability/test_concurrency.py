@@ -23,6 +23,7 @@ from dagster import (
 )
 
 from alianza_jobs.platform.tags import TAG_CRON, TAG_TRIGGER
+from alianza_jobs.resources import Database
 from alianza_jobs_tests.reliability.conftest import Outcomes
 from alianza_jobs_tests.reliability.harness import (
     CRASHSITE,
@@ -162,7 +163,11 @@ def test_a_manual_run_during_a_scheduled_one(
         )
         # While they are in progress, the schedule's tick is skipped, naming a run in progress.
         schedule = defs.resolve_schedule_def("process_email_queue_schedule")
-        tick = schedule(build_schedule_context(instance=instance))
+        # (It asks the database whether email is due, too, but the guard answers first.)
+        context = build_schedule_context(
+            instance=instance, resources={"database": Database(url=pg_url)}
+        )
+        tick = schedule(context)
         in_progress = instance.get_runs(
             RunsFilter(job_name="process_email_queue", statuses=[DagsterRunStatus.STARTED])
         )

@@ -23,6 +23,7 @@ from dagster import AssetKey, DagsterInstance
 from prometheus_client import CollectorRegistry
 
 from alianza_jobs.clients import resend as resend_api
+from alianza_jobs.db import migrate
 from alianza_jobs.defs.health import health_check as task
 from alianza_jobs.defs.health.assets import SERVICES
 from alianza_jobs.defs.health.health_check import HealthCheckConfig, check_services
@@ -165,7 +166,7 @@ def test_all_checks_pass_against_the_emulators(
         assert check["passed"], name
         assert check["error"] == ""
         assert 0 < check["latency_ms"] < 10_000
-    assert checks["app_database"]["revision"] == "0001"
+    assert checks["app_database"]["revision"] == migrate.head_revision()
     assert checks["cloudflare_stream_api"]["status"] == 200
     assert (checks["resend_api"]["status"], checks["resend_api"]["key_access"]) == (404, "full")
     # One authenticated request each, answered by the emulators; the probe file is gone again.
