@@ -47,7 +47,7 @@ typecheck: install
 check: lint typecheck test
 
 bench: install ## benchmarks against the TypeScript package's way, on loopback emulators; writes benchmarks/results/
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks --triggers
 
 bench-smoke: install
 	$(BIN)/python -m benchmarks --smoke

@@ -1,6 +1,9 @@
-"""``python -m benchmarks [--smoke] [--repeat N] [--only WORKLOAD] [--backend sqlite|postgres|both]
-[--schema default|drizzle|both] [--out DIR] [--merge]``: run the benchmark suite and write
-``latest.json`` and ``latest.md``.
+"""``python -m benchmarks [--smoke] [--repeat N] [--only WORKLOAD] [--triggers]
+[--backend sqlite|postgres|both] [--schema default|drizzle|both] [--out DIR] [--merge]``: run the
+benchmark suite and write ``latest.json`` and ``latest.md``.
+
+``--triggers`` adds the trigger workloads (``idle``, ``latency``: whole deployments measured over
+minutes), which a plain or ``--smoke`` run leaves out unless they are named with ``--only``.
 
 ``--schema``: which platform schema the video and email queues' data is in: the local stand-in
 (``default``), the tables the platform's Drizzle ORM makes (``drizzle``: Postgres only, read
@@ -64,6 +67,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=sorted(WORKLOADS),
         help="run only this workload (repeatable)",
     )
+    parser.add_argument(
+        "--triggers",
+        action="store_true",
+        help="also run the trigger workloads (idle, latency; SQLite only, minutes each), "
+        "which are left out unless named with --only",
+    )
     parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument(
         "--schema",
@@ -116,11 +125,21 @@ def _schemas(choice: str) -> list[str]:
 
 def _runs_on(workload: Workload, backend: str, schemas: Sequence[str]) -> list[PlatformSchema]:
     """The platform schemas ``workload`` runs on, on ``backend``, of those asked for."""
+    if backend not in workload.backends:
+        return []
     return [
         PLATFORM_SCHEMAS[name]
         for name in schemas
         if name in workload.schemas and backend in PLATFORM_SCHEMAS[name].backends
     ]
+
+
+def _selected(only: Sequence[str] | None, triggers: bool) -> list[Workload]:
+    """``--only``'s workloads, else those of a default run; ``--triggers`` adds the long ones."""
+    names = list(only or [n for n, w in WORKLOADS.items() if w.in_default_run])
+    if triggers:
+        names += [n for n, w in WORKLOADS.items() if not w.in_default_run and n not in names]
+    return [WORKLOADS[name] for name in names]
 
 
 def _databases(backend: str, work_dir: Path) -> Databases:
@@ -164,8 +183,10 @@ def _targets(summaries: Sequence[dict[str, Any]], backends: Sequence[str]) -> li
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    selected = [WORKLOADS[name] for name in (args.only or WORKLOADS)]
-    backends = _backends(args.backend)
+    selected = _selected(args.only, args.triggers)
+    # A backend none of the selected workloads runs on is not asked for (nor checked for).
+    asked = _backends(args.backend)
+    backends = [b for b in asked if any(b in w.backends for w in selected)]
     schemas = _schemas(args.schema)
     notes: list[str] = list(args.note)
     if "postgres" in backends:
@@ -180,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 2
     if not any(_runs_on(w, b, schemas) for w in selected for b in backends):
         print(
-            f"error: nothing to run: --schema {args.schema} on {', '.join(backends)} "
+            f"error: nothing to run: --schema {args.schema} on {', '.join(asked)} "
             f"for {', '.join(w.name for w in selected)}",
             file=sys.stderr,
         )

@@ -14,6 +14,9 @@
   (the kernel's accounting of that child alone), its peak RSS and the job's own wall time from the
   child's report (``VmHWM`` of its own address space, see ``benchmarks.child``). Around it we measure how much CPU *other* processes used: the machine is shared
   (2 cores), and a run that had to share them is flagged and repeated (see :class:`Quiet`).
+* :class:`TreeCpu`, :func:`stop_process_groups`, :func:`free_port`, :func:`wait_for`: for the
+  trigger workloads, whose subject is a whole long-running deployment (a process tree) rather
+  than one run.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import sqlite3
 import statistics
 import subprocess
@@ -664,3 +668,119 @@ def write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+# -- long-running process trees (the trigger workloads' deployments) --------------------------------
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (the kernel's pick; a process started next can bind it)."""
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(
+    what: str, probe: Callable[[], Any], *, timeout_s: float, interval_s: float = 0.5
+) -> Any:
+    """Poll ``probe`` until it returns something truthy; TimeoutError naming ``what`` at the
+    deadline. ``probe`` may raise to give up early (a process that died)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(interval_s)  # a polling interval under the deadline above
+
+
+def process_tree(root_pid: int) -> list[psutil.Process]:
+    """``root_pid`` and every descendant of it alive now (empty when the root is gone)."""
+    try:
+        root = psutil.Process(root_pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def tree_cpu_times(root_pid: int) -> dict[tuple[int, float], tuple[float, str]]:
+    """CPU seconds and command line per process of the tree (keyed by pid and start time, so a
+    reused pid is another process): user + system + the children's user + system, i.e. the
+    process's own CPU and that of every child it has reaped (see :class:`TreeCpu`)."""
+    out: dict[tuple[int, float], tuple[float, str]] = {}
+    for proc in process_tree(root_pid):
+        with contextlib.suppress(psutil.Error):
+            t = proc.cpu_times()
+            cpu = float(t.user + t.system + t.children_user + t.children_system)
+            out[(proc.pid, proc.create_time())] = (cpu, " ".join(proc.cmdline()))
+    return out
+
+
+@dataclass
+class TreeCpu:
+    """CPU a process tree used over a window: the sum over the tree at the end minus the sum at
+    the start. A process that ends during the window is reaped by its parent, whose children
+    times then hold all it ever used; its share at the start is subtracted, so only the window's
+    part counts. A process that starts and ends inside the window counts whole, through its
+    parent; one still running at the end counts from its start (or the window's)."""
+
+    root_pid: int
+    start: dict[tuple[int, float], tuple[float, str]] = field(default_factory=dict)
+    end: dict[tuple[int, float], tuple[float, str]] = field(default_factory=dict)
+
+    def begin(self) -> TreeCpu:
+        self.start = tree_cpu_times(self.root_pid)
+        return self
+
+    def used_s(self) -> float:
+        """The tree's CPU seconds since :meth:`begin` (and the snapshot :meth:`by_process` reads)."""
+        self.end = tree_cpu_times(self.root_pid)
+        return sum(c for c, _ in self.end.values()) - sum(c for c, _ in self.start.values())
+
+    def by_process(self, label: Callable[[str], str]) -> dict[str, float]:
+        """:meth:`used_s` split by ``label(command line)``, largest first. A process gone by the
+        end shows as minus its share at the start: the rest of it is in its parent's."""
+        out: dict[str, float] = {}
+        for key in self.start.keys() | self.end.keys():
+            cpu0, cmd = self.start.get(key, (0.0, ""))
+            cpu1, cmd = self.end.get(key, (0.0, cmd))
+            name = label(cmd)
+            out[name] = out.get(name, 0.0) + cpu1 - cpu0
+        return dict(sorted(((k, round(v, 2)) for k, v in out.items()), key=lambda kv: -kv[1]))
+
+
+def stop_process_groups(
+    procs: Sequence[subprocess.Popen[Any]], *, grace_s: float = 30.0, kill_wait_s: float = 10.0
+) -> None:
+    """Stop each of ``procs`` (started with ``start_new_session=True``) and everything under it,
+    all at once: SIGTERM to their process groups, up to ``grace_s`` to end, then SIGKILL to the
+    groups and to any descendant that left them. Only processes of these trees get a signal."""
+    trees = [p for proc in procs for p in process_tree(proc.pid)]
+
+    def alive() -> list[psutil.Process]:
+        for proc in procs:
+            proc.poll()  # reap our own children as soon as they exit
+        out = []
+        for p in trees:
+            with contextlib.suppress(psutil.Error):
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    out.append(p)
+        return out
+
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, kill_wait_s)):
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, sig)
+        if sig == signal.SIGKILL:
+            for p in alive():
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+        deadline = time.monotonic() + wait_s
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.2)  # waiting for processes to exit, bounded
+        if not alive():
+            break
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)

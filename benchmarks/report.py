@@ -101,6 +101,56 @@ def _code_location_table(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def _runs_by_job(summary: Mapping[str, Any]) -> str:
+    runs = summary.get("runs_by_job")
+    if runs is None:
+        return "-"
+    return ", ".join(f"{job} {_num(n, 1)}" for job, n in runs.items()) or "none"
+
+
+def _idle_table(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = [
+        "| backend | deployment | ok | window s | CPU s | cores | vs cron | runs launched "
+        "| runs by job | others (cores) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for s in summaries:
+        med = s["median"]
+        ratio = s.get("cpu_ratio_to_cron")
+        lines.append(
+            f"| {s['backend']} | {s['case']} | {s['ok']}/{s['runs']} "
+            f"| {_num(med.get('window_s'), 0)} | {_range(s, 'cpu_s', 1)} "
+            f"| {_range(s, 'cores', 3)} | {f'{ratio:.2f}x' if ratio is not None else '-'} "
+            f"| {_num(med.get('runs'), 0)} | {_runs_by_job(s)} | {_num(med.get('foreign_cores'))} |"
+        )
+    for s in summaries:
+        for error in s["errors"]:
+            lines += ["", f"- {s['backend']} {s['case']}: **failed**: {error}"]
+    return lines
+
+
+def _latency_table(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = [
+        "| backend | deployment | what | ok | items | p50 s | p95 s | max s | budget s "
+        "| not done | others (cores) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in summaries:
+        med = s["median"]
+        mode, _, what = str(s["case"]).partition(": ")
+        lines.append(
+            f"| {s['backend']} | {mode} | {what} | {s['ok']}/{s['runs']} "
+            f"| {_num(med.get('samples'), 0)} | {_range(s, 'p50_s', 1)} "
+            f"| {_range(s, 'p95_s', 1)} | {_range(s, 'max_s', 1)} "
+            f"| {_num(med.get('budget_s'), 0)} | {_num(med.get('not_done'), 0)} "
+            f"| {_num(med.get('foreign_cores'))} |"
+        )
+    for s in summaries:
+        for error in s["errors"]:
+            lines += ["", f"- {s['backend']} {s['case']}: **failed**: {error}"]
+    return lines
+
+
 def render(results: Mapping[str, Any]) -> str:
     machine = results["machine"]
     load = results["load"]
@@ -143,6 +193,10 @@ def render(results: Mapping[str, Any]) -> str:
             lines += [f"Emulator: {info['emulator']}.", ""]
         if name == "code_location":
             lines += _code_location_table(summaries)
+        elif name == "idle":
+            lines += _idle_table(summaries)
+        elif name == "latency":
+            lines += _latency_table(summaries)
         else:
             lines += _workload_table(summaries)
     lines += [

@@ -1,4 +1,5 @@
-"""The benchmark's workloads, one module each; ``WORKLOADS`` in the order they run."""
+"""The benchmark's workloads, one module each; ``WORKLOADS`` in the order they run. The trigger
+workloads (``idle``, ``latency``) run only when named or with ``--triggers``."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ from benchmarks.workloads.base import Workload
 from benchmarks.workloads.code_location import CodeLocation
 from benchmarks.workloads.email_queue import EmailDrain
 from benchmarks.workloads.session_cleanup import SessionCleanup
+from benchmarks.workloads.triggers import Idle, Latency
 from benchmarks.workloads.video_queue import VideoQueue
 
 WORKLOADS: dict[str, Workload] = {
-    w.name: w for w in (VideoQueue(), EmailDrain(), SessionCleanup(), CodeLocation())
+    w.name: w
+    for w in (VideoQueue(), EmailDrain(), SessionCleanup(), CodeLocation(), Idle(), Latency())
 }
 
 __all__ = ["WORKLOADS", "Workload"]

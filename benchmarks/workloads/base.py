@@ -209,6 +209,10 @@ class Workload(ABC):
     emulator: EmulatorSettings | None = None
     schemas: tuple[str, ...] = (DEFAULT_SCHEMA.name,)
     """The platform schemas (``harness.PLATFORM_SCHEMAS``) this workload can run on."""
+    backends: tuple[str, ...] = ("sqlite", "postgres")
+    """The app database backends this workload can run on."""
+    in_default_run: bool = True
+    """False: run only when named (``--only``) or asked for with ``--triggers`` (long by nature)."""
 
     @abstractmethod
     def execute(self, ctx: Context) -> list[Measurement]: ...

@@ -19,6 +19,16 @@ METRICS = (
     "cpu_s",
     "foreign_cores",
     "load1_start",
+    # The trigger workloads (workloads/triggers.py): a deployment over a window.
+    "window_s",
+    "cores",
+    "runs",
+    "samples",
+    "not_done",
+    "p50_s",
+    "p95_s",
+    "max_s",
+    "budget_s",
 )
 
 
@@ -58,6 +68,15 @@ def summarize(measurements: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
                 summary["median"][metric] = round(median(values) or 0.0, 5)
                 summary["min"][metric] = round(min(values), 5)
                 summary["max"][metric] = round(max(values), 5)
+        by_job = [
+            r["counters"]["runs_by_job"] for r in ok if "runs_by_job" in r.get("counters", {})
+        ]
+        if by_job:
+            # Runs launched per job (trigger workloads): the median count, 0 where a job had none.
+            jobs = sorted({job for runs in by_job for job in runs})
+            summary["runs_by_job"] = {
+                job: median([float(runs.get(job, 0)) for runs in by_job]) for job in jobs
+            }
         summaries.append(summary)
     for summary in summaries:
         if summary["case"] != "ours":
@@ -80,6 +99,26 @@ def summarize(measurements: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
         summary["baseline_size"] = baseline["size"]
         if ours_rate and base_rate:
             summary["ratio_to_baseline"] = round(ours_rate / base_rate, 2)
+    for summary in summaries:
+        # The trigger workloads' deployments: event-driven ("events") against today's crons
+        # ("cron"), side by side; the ratio of their median CPU over the same window.
+        if summary["case"] != "events":
+            continue
+        cron = next(
+            (
+                s
+                for s in summaries
+                if s["workload"] == summary["workload"]
+                and s["backend"] == summary["backend"]
+                and s["schema"] == summary["schema"]
+                and s["case"] == "cron"
+            ),
+            None,
+        )
+        events_cpu = summary["median"].get("cpu_s")
+        cron_cpu = cron["median"].get("cpu_s") if cron else None
+        if events_cpu is not None and cron_cpu:
+            summary["cpu_ratio_to_cron"] = round(events_cpu / cron_cpu, 3)
     return summaries
 
 
