@@ -18,7 +18,7 @@ from alianza_jobs.defs.health import definitions as health
 from alianza_jobs.defs.reports import definitions as reports
 from alianza_jobs.defs.sessions import definitions as sessions
 from alianza_jobs.defs.videos import definitions as videos
-from alianza_jobs.platform.schedules import check_cron_overrides
+from alianza_jobs.platform.schedules import check_cron_overrides, work_sensor
 from alianza_jobs.resources import build_resources
 from alianza_jobs.settings import Settings, load_settings
 
@@ -32,12 +32,17 @@ warnings.filterwarnings(
 )
 
 DOMAINS = (videos, emails, health, sessions, reports, dead_letters, alerts)
+# The domains whose queues the work sensor watches (each lists its jobs in `sensed_queues`).
+SENSED = (emails, videos)
 
 
 def build_defs(settings: Settings) -> dg.Definitions:
+    # ALIANZA_EVENT_TRIGGERS=false: no work sensor, every tick runs (the TypeScript way).
+    queues = [queue for domain in SENSED for queue in domain.sensed_queues()]
+    sensors = [work_sensor(queues)] if settings.event_triggers else []
     merged = dg.Definitions.merge(
         *(domain.build_defs(settings) for domain in DOMAINS),
-        dg.Definitions(resources=build_resources(settings)),
+        dg.Definitions(resources=build_resources(settings), sensors=sensors),
     )
     check_cron_overrides(
         settings,

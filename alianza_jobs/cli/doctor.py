@@ -56,7 +56,7 @@ CHECKS = (
 )
 # A delivery waiting longer than this means nothing is applying them (daemon down, sensor off).
 WEBHOOK_BACKLOG_MAX_AGE_S = 120.0
-WEBHOOK_SENSOR = "apply_stream_webhooks_sensor"
+WEBHOOK_SENSOR = "queue_work_sensor"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """``alianza-jobs webhooks``: receive Cloudflare Stream's webhooks, and register where they go.
 
 ``serve`` runs the receiver (``alianza_jobs.defs.videos.webhook_receiver``) under uvicorn: it stores
-each verified delivery and answers 200; the ``apply_stream_webhooks_sensor`` launches the run that
+each verified delivery and answers 200; the ``queue_work_sensor`` launches the run that
 settles the videos. It loads no Dagster, so it stays small. ``register --url`` points the account's
 webhook at a receiver through Stream's API and says where the secret it answers with goes.
 """

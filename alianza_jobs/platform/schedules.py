@@ -3,7 +3,8 @@
 while a run of its job is still in progress (the overlap guard) or, for a queue, when nothing is
 due (its backlog probe, one query in the code server instead of a run process), and a
 time-partitioned job run for its last complete partition. The sensor launches a queue's job as
-soon as work is due, every few seconds, with the same guard and the same probe.
+soon as work is due, every few seconds, with the same guard and the same probe (one sensor for
+every queue: :func:`work_sensor`).
 """
 
 from __future__ import annotations
@@ -154,46 +155,61 @@ def task_schedule(
     return decorate(_probed)
 
 
-def task_sensor(
-    spec: TaskSpec,
-    target: JobDefinition,
+WORK_SENSOR = "queue_work_sensor"
+
+
+def work_sensor(
+    queues: Sequence[tuple[TaskSpec, JobDefinition]],
     *,
+    name: str = WORK_SENSOR,
     interval_s: int = DEFAULT_SENSOR_INTERVAL_S,
-    description: str | None = None,
 ) -> SensorDefinition:
-    """Launches ``spec``'s job as soon as its backlog probe finds work and no run of it is active:
-    work in seconds rather than at the next tick. The schedule, if any, stays as the safety net."""
-    probe = spec.backlog
-    if probe is None:
-        raise ValueError(f"{spec.name}: a work sensor needs the task's backlog probe")
-    job_name = spec.name
+    """Launches each queue's job as soon as its backlog probe finds work and no run of it is
+    active: work in seconds rather than at the next tick (the schedules stay as the safety net).
+
+    One sensor for every queue: each evaluation costs the daemon a call to the code server and a
+    tick in its storage, whatever the sensor asks, so one evaluation asks every queue."""
+    for spec, _job in queues:
+        if spec.backlog is None:
+            raise ValueError(f"{spec.name}: a work sensor needs the task's backlog probe")
+    names = ", ".join(spec.name for spec, _ in queues)
 
     @sensor(
-        name=f"{spec.name}_sensor",
-        job=target,
+        name=name,
+        jobs=[job for _, job in queues],
         minimum_interval_seconds=interval_s,
         default_status=DefaultSensorStatus.RUNNING,
-        description=description
-        or (
-            f"Launches {spec.name} within about {interval_s} s of work becoming due, one run at a "
-            "time; the schedule stays as the safety net."
+        description=(
+            f"Launches {names} within about {interval_s} s of work becoming due, one run of each "
+            "at a time; their schedules stay as the safety net."
         ),
     )
     def _sensor(
         context: SensorEvaluationContext, database: ResourceParam[Any]
-    ) -> RunRequest | SkipReason:
-        blocked = in_progress(context, job_name)
-        if blocked is not None:
-            return SkipReason(blocked)
-        backlog = ask_backlog(probe, database)
-        if isinstance(backlog, str):
-            # Unlike the schedule, not a reason to launch: every few seconds it would launch a
-            # failing run. The schedule's next tick runs the job and shows the error.
-            return SkipReason(f"could not ask for due work: {backlog}")
-        if backlog.count == 0:
-            return SkipReason(f"nothing due: {backlog.describe()}")
-        context.log.info(f"{backlog.describe()}: launching {job_name}")
-        return RunRequest(tags={TAG_TRIGGER: "sensor"})
+    ) -> list[RunRequest] | SkipReason:
+        requests: list[RunRequest] = []
+        skipped: list[str] = []
+        for spec, _job in queues:
+            assert spec.backlog is not None
+            blocked = in_progress(context, spec.name)
+            if blocked is not None:
+                skipped.append(blocked)
+                continue
+            backlog = ask_backlog(spec.backlog, database)
+            if isinstance(backlog, str):
+                # Not a reason to launch, unlike the schedule: it would launch a failing run
+                # every few seconds. The schedule's next tick runs the job and shows the error.
+                skipped.append(f"{spec.name}: could not ask for due work: {backlog}")
+            elif backlog.count == 0:
+                skipped.append(f"{spec.name}: nothing due: {backlog.describe()}")
+            else:
+                context.log.info(f"{backlog.describe()}: launching {spec.name}")
+                requests.append(RunRequest(job_name=spec.name, tags={TAG_TRIGGER: "sensor"}))
+        if requests:
+            for reason in skipped:
+                context.log.info(reason)
+            return requests
+        return SkipReason("; ".join(skipped))
 
     return _sensor
 

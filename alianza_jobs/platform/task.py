@@ -32,7 +32,6 @@ from dagster import (
     Output,
     RetryPolicy,
     ScheduleDefinition,
-    SensorDefinition,
     asset,
     define_asset_job,
     in_process_executor,
@@ -46,7 +45,7 @@ from dagster._utils.schedules import is_valid_cron_string
 from alianza_jobs.logs import bound_logger
 from alianza_jobs.platform import metrics
 from alianza_jobs.platform.attempts import attempt_of, counter_fields, run_logger
-from alianza_jobs.platform.schedules import BacklogProbe, cron_for, task_schedule, task_sensor
+from alianza_jobs.platform.schedules import BacklogProbe, cron_for, task_schedule
 from alianza_jobs.platform.tags import MAX_RUNTIME_TAG, OWNER, TAG_JOB, TAG_RETRIES, TAG_TIMEOUT
 from alianza_jobs.redaction import redact, secret_values
 from alianza_jobs.settings import Settings
@@ -149,7 +148,8 @@ class TaskSpec:
     owner: str = OWNER
     backlog: BacklogProbe | None = None
     """A queue's "how much is due?" (one read-only query): its schedule skips ticks that would
-    find nothing, and its work sensor (``TaskSpec.sensor``) launches runs when work appears."""
+    find nothing, and the work sensor (``platform.schedules.work_sensor``) launches its runs when
+    work appears."""
 
     def __post_init__(self) -> None:
         for cron in (self.cron, *self.env_crons.values()):
@@ -280,10 +280,6 @@ class TaskSpec:
         self, target: JobDefinition | UnresolvedAssetJobDefinition, settings: Settings
     ) -> ScheduleDefinition:
         return task_schedule(self, target, settings)
-
-    def sensor(self, target: JobDefinition, **kwargs: Any) -> SensorDefinition:
-        """The work sensor: a run as soon as ``backlog`` finds work (``platform.schedules``)."""
-        return task_sensor(self, target, **kwargs)
 
     # -- the wrapper: timeout, logging, metrics, redaction ------------------------------------------
 

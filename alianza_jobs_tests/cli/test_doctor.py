@@ -526,4 +526,4 @@ def test_deliveries_nobody_applies_fail(prod: DagsterInstance, app_db: str) -> N
 
     assert failed(lines) == {"stream webhooks"}
     assert "1 deliveries waiting" in lines["stream webhooks"][1]
-    assert "apply_stream_webhooks_sensor" in lines["stream webhooks"][1]
+    assert "queue_work_sensor" in lines["stream webhooks"][1]

@@ -21,6 +21,7 @@ from alianza_jobs.db.types import utcnow
 from alianza_jobs.defs.emails import process_email_queue
 from alianza_jobs.defs.videos import apply_stream_webhooks, process_streaming_video_queue
 from alianza_jobs.defs.videos.webhook_sql import DELIVERIES, store_delivery
+from alianza_jobs.platform.schedules import work_sensor
 from alianza_jobs.platform.tags import TAG_TRIGGER
 from alianza_jobs.resources import Database
 from alianza_jobs.settings import load_settings
@@ -41,7 +42,7 @@ def evaluate_schedule(task: Any, job: Any, url: str, instance: DagsterInstance, 
 
 
 def evaluate_sensor(task: Any, url: str, instance: DagsterInstance) -> Any:
-    sensor = task.TASK.sensor(task.job)
+    sensor = work_sensor([(task.TASK, task.job)])
     context = build_sensor_context(instance=instance, resources={"database": Database(url=url)})
     return sensor.evaluate_tick(context)
 
@@ -63,7 +64,7 @@ async def test_an_empty_email_queue_skips_the_tick_and_the_sensor(
     assert tick.skip_message == "nothing due: 0 due emails"
     sensed = evaluate_sensor(process_email_queue, database_url, instance)
     assert not sensed.run_requests
-    assert sensed.skip_message == "nothing due: 0 due emails"
+    assert sensed.skip_message == "process_email_queue: nothing due: 0 due emails"
 
 
 @pytest.mark.parametrize(
@@ -101,7 +102,7 @@ async def test_email_that_is_not_due_launches_nothing(
     await add_emails(engine, [email(1, **row)])
     sensed = evaluate_sensor(process_email_queue, database_url, instance)
     assert not sensed.run_requests
-    assert sensed.skip_message == "nothing due: 0 due emails"
+    assert sensed.skip_message == "process_email_queue: nothing due: 0 due emails"
 
 
 async def test_cron_only_mode_runs_every_tick_as_the_typescript_package_did(
@@ -126,7 +127,7 @@ def test_a_probe_that_cannot_ask_runs_the_schedule_but_not_the_sensor(
     assert len(tick.run_requests) == 1
     sensed = evaluate_sensor(process_email_queue, url, instance)
     assert not sensed.run_requests
-    assert sensed.skip_message.startswith("could not ask for due work:")
+    assert sensed.skip_message.startswith("process_email_queue: could not ask for due work:")
 
 
 async def test_the_sensor_waits_while_a_run_of_the_job_is_active(
@@ -174,7 +175,7 @@ async def test_the_webhook_sensor_launches_only_for_pending_deliveries(
 ) -> None:
     task = apply_stream_webhooks
     assert evaluate_sensor(task, database_url, instance).skip_message == (
-        "nothing due: 0 pending webhook deliveries"
+        "apply_stream_webhooks: nothing due: 0 pending webhook deliveries"
     )
     async with engine.begin() as conn:
         await conn.execute(
@@ -202,3 +203,23 @@ async def test_the_webhook_sensor_launches_only_for_pending_deliveries(
     )
     [request] = evaluate_sensor(task, database_url, instance).run_requests
     assert request.tags[TAG_TRIGGER] == "sensor"
+
+
+async def test_one_sensor_watches_every_queue_and_launches_each_that_has_work(
+    engine: AsyncEngine, database_url: str, instance: DagsterInstance
+) -> None:
+    from alianza_jobs.definitions import defs
+
+    sensor = defs.resolve_sensor_def("queue_work_sensor")
+    context = build_sensor_context(
+        instance=instance, resources={"database": Database(url=database_url)}
+    )
+    idle = sensor.evaluate_tick(context)
+    assert not idle.run_requests
+    assert idle.skip_message == (
+        "process_email_queue: nothing due: 0 due emails; "
+        "apply_stream_webhooks: nothing due: 0 pending webhook deliveries"
+    )
+    await add_emails(engine, [email(1)])
+    [request] = sensor.evaluate_tick(context).run_requests
+    assert request.job_name == "process_email_queue"

@@ -183,9 +183,6 @@ def deployment(
         mp.setenv("DAGSTER_PG_PASSWORD", DAGSTER_PG_PASSWORD)
         try:
             deployment.start()
-            if "ALIANZA_CRON_PROCESS_EMAIL_QUEUE" in env:
-                # Likewise the email queue's work sensor, which would send the rows within seconds.
-                deployment.stop_sensor("process_email_queue_sensor")
             print(f"\ne2e: deployment ready in {deployment.startup_s:.0f} s")
             yield deployment
         finally:

@@ -318,6 +318,34 @@ class Deployment:
 
     # -- Dagster, through GraphQL (as a client would) and its storage (as an operator would) ----
 
+    @contextlib.contextmanager
+    def sensor_stopped(self, name: str, location: str = "alianza_jobs") -> Iterator[None]:
+        """The sensor off for the block, on again after it (as an operator would flip it)."""
+        self.stop_sensor(name, location)
+        try:
+            yield
+        finally:
+            self.start_sensor(name, location)
+
+    def start_sensor(self, name: str, location: str = "alianza_jobs") -> None:
+        started = self.graphql_query(
+            """
+            mutation ($s: SensorSelector!) {
+              startSensor(sensorSelector: $s) {
+                __typename
+                ... on Sensor { sensorState { status } }
+              }
+            }""",
+            {
+                "s": {
+                    "repositoryLocationName": location,
+                    "repositoryName": "__repository__",
+                    "sensorName": name,
+                }
+            },
+        )["startSensor"]
+        assert started["sensorState"]["status"] == "RUNNING", started
+
     def stop_sensor(self, name: str, location: str = "alianza_jobs") -> None:
         """Turn a sensor off as an operator would in the UI (Automation -> the sensor -> off)."""
         found = self.graphql_query(

@@ -6,6 +6,7 @@ import dagster as dg
 
 from alianza_jobs.defs.emails import process_email_queue
 from alianza_jobs.defs.emails.assets import EMAIL_QUEUE
+from alianza_jobs.platform.task import TaskSpec
 from alianza_jobs.settings import Settings
 
 
@@ -15,7 +16,11 @@ def build_defs(settings: Settings) -> dg.Definitions:
         assets=[EMAIL_QUEUE],
         jobs=[job],
         # The per-minute schedule is the TypeScript package's contract and the safety net; the
-        # sensor sends new email within seconds.
+        # work sensor (definitions.py) sends new email within seconds.
         schedules=[task.schedule(job, settings)],
-        sensors=[task.sensor(job)] if settings.event_triggers else [],
     )
+
+
+def sensed_queues() -> list[tuple[TaskSpec, dg.JobDefinition]]:
+    """The jobs the work sensor launches when their queue has work."""
+    return [(process_email_queue.TASK, process_email_queue.job)]

@@ -11,6 +11,7 @@ from alianza_jobs.defs.videos import (
     sync_stream_catalog,
 )
 from alianza_jobs.defs.videos.assets import STREAM_VIDEOS, STREAMINGS
+from alianza_jobs.platform.task import TaskSpec
 from alianza_jobs.settings import Settings
 
 
@@ -29,5 +30,9 @@ def build_defs(settings: Settings) -> dg.Definitions:
             queue.TASK.schedule(queue.job, settings),
             sync.TASK.schedule(sync.job, settings),
         ],
-        sensors=[webhooks.TASK.sensor(webhooks.job)] if settings.event_triggers else [],
     )
+
+
+def sensed_queues() -> list[tuple[TaskSpec, dg.JobDefinition]]:
+    """The jobs the work sensor launches when their queue has work: the stored webhooks."""
+    return [(apply_stream_webhooks.TASK, apply_stream_webhooks.job)]
