@@ -14,12 +14,17 @@ from dagster import (
     build_schedule_context,
     build_sensor_context,
 )
-from sqlalchemy import insert
+from sqlalchemy import insert, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from alianza_jobs.db.models import StreamVideo
 from alianza_jobs.db.types import utcnow
 from alianza_jobs.defs.emails import process_email_queue
-from alianza_jobs.defs.videos import apply_stream_webhooks, process_streaming_video_queue
+from alianza_jobs.defs.videos import (
+    apply_stream_webhooks,
+    process_streaming_video_queue,
+    sync_stream_catalog,
+)
 from alianza_jobs.defs.videos.webhook_sql import DELIVERIES, store_delivery
 from alianza_jobs.platform.schedules import work_sensor
 from alianza_jobs.platform.tags import TAG_TRIGGER
@@ -168,6 +173,31 @@ async def test_the_video_schedule_runs_only_with_queued_videos(
     )
     await insert_streamings(engine, [{"external_id": uid_for("new")}])
     assert len(evaluate_schedule(task, job, database_url, instance).run_requests) == 1
+
+
+async def test_the_catalog_sync_runs_only_when_the_mirror_has_something_to_catch_up(
+    engine: AsyncEngine, database_url: str, instance: DagsterInstance
+) -> None:
+    task, job = sync_stream_catalog, sync_stream_catalog.job
+
+    def tick() -> Any:
+        return evaluate_schedule(task, job, database_url, instance)
+
+    assert tick().skip_message == "nothing due: 0 new or unsettled videos"
+    uid = uid_for("uploaded")
+    await insert_streamings(engine, [{"external_id": uid}])
+    assert len(tick().run_requests) == 1  # an upload the mirror has not seen
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(StreamVideo.__table__),
+            [{"uid": uid, "state": "inprogress", "stream_created": utcnow()}],
+        )
+    assert len(tick().run_requests) == 1  # mirrored, still processing: listed until it settles
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(StreamVideo.__table__).where(StreamVideo.uid == uid).values(state="ready")
+        )
+    assert tick().skip_message == "nothing due: 0 new or unsettled videos"
 
 
 async def test_the_webhook_sensor_launches_only_for_pending_deliveries(

@@ -24,8 +24,9 @@ def build_defs(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=[STREAMINGS, STREAM_VIDEOS],
         jobs=[queue.job, sync.job, webhooks.job],
-        # The queue's cron stays the safety net for deliveries that never came. The catalog sync
-        # runs on every tick: only a call to Stream could tell whether its catalog changed.
+        # The queue's cron stays the safety net for deliveries that never came. The catalog
+        # sync's ticks skip when the platform has no upload the mirror lacks and the mirror no
+        # video still processing (see its probe for what that cannot see).
         schedules=[
             queue.TASK.schedule(queue.job, settings),
             sync.TASK.schedule(sync.job, settings),

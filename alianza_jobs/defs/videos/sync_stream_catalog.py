@@ -21,6 +21,7 @@ from alianza_jobs.clients.stream import StreamVideo as ApiVideo
 from alianza_jobs.db.types import utcnow
 from alianza_jobs.defs.videos.catalog_mirror import PageResult, apply_page, mirror_values
 from alianza_jobs.defs.videos.catalog_watermark import (
+    count_catalog_changes,
     oldest_unsettled,
     read_watermark,
     write_watermark,
@@ -28,8 +29,25 @@ from alianza_jobs.defs.videos.catalog_watermark import (
 from alianza_jobs.logs import TaskLogger, get_logger
 from alianza_jobs.platform.breakers import DatabaseBreakerStore
 from alianza_jobs.platform.failures import dagster_failure
+from alianza_jobs.platform.schedules import Backlog
 from alianza_jobs.platform.task import Retry, TaskReport, TaskSpec
 from alianza_jobs.resources import CloudflareStream, Database
+
+# The probe counts no further: enough to say "there is work" and roughly how much.
+BACKLOG_CAP = 1000
+# As far back as a run lists unsettled videos again (CatalogSyncConfig.refresh_lookback_hours).
+PROBE_LOOKBACK = timedelta(hours=72)
+
+
+def catalog_changes(database: Database) -> Backlog:
+    """The schedule's question: has the platform an upload the mirror lacks, or the mirror a
+    video still processing? Otherwise a run would list Stream and find nothing new."""
+    with database.probe() as (conn, tables):
+        count = count_catalog_changes(
+            conn, tables, now=utcnow(), lookback=PROBE_LOOKBACK, cap=BACKLOG_CAP
+        )
+    return Backlog(count, "new or unsettled videos" if count != 1 else "new or unsettled video")
+
 
 TASK = TaskSpec(
     name="sync_stream_catalog",
@@ -41,6 +59,7 @@ TASK = TaskSpec(
     timeout=timedelta(minutes=10),
     retry=Retry(max_retries=3, delay=timedelta(seconds=30)),
     assets=["stream_videos"],
+    backlog=catalog_changes,
 )
 
 TICK = timedelta(microseconds=1)
