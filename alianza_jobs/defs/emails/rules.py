@@ -1,7 +1,7 @@
 """What an ``email_queue`` row must satisfy before it may go into a Resend batch.
 
 Addresses (``local@domain`` or ``Name <local@domain>``, internationalised domains sent in their
-ASCII form), header values without line breaks, a subject, a body, and at most 40,000,000 bytes of
+ASCII form under IDNA 2008 with UTS 46 mapping), header values without line breaks, a subject, a body, and at most 40,000,000 bytes of
 JSON per email. A row that breaks a rule is dead-lettered with the rule's reason and never sent;
 ``docs/emails.md`` says why each rule is drawn where it is.
 """
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import unicodedata
+
+import idna
 
 from alianza_jobs.clients.resend import OutgoingEmail
 
@@ -92,30 +94,37 @@ def _check_local(local: str, field: str) -> None:
 def _ascii_domain(domain: str, field: str) -> str:
     if domain.startswith("[") or domain.endswith("."):
         raise InvalidEmail(field, f"domain {domain!r}: IP literals and trailing dots not accepted")
+    if not domain.isascii():
+        domain = _idna_2008(domain, field)
     labels = domain.split(".")
     if len(labels) < 2:
         raise InvalidEmail(field, f"domain {domain!r} needs at least two labels")
-    ascii_labels = []
     for label in labels:
         if not label:
             raise InvalidEmail(field, f"domain {domain!r} has an empty label")
-        if not label.isascii():
-            try:
-                # IDNA 2003 (nameprep + punycode): what Python ships; every IDN in real use maps.
-                label = label.encode("idna").decode("ascii")
-            except UnicodeError:
-                raise InvalidEmail(field, f"domain label {label!r} is not a valid IDN") from None
         if len(label) > MAX_LABEL_OCTETS:
             raise InvalidEmail(field, f"domain label longer than {MAX_LABEL_OCTETS} octets")
         if not set(label) <= _LDH or label.startswith("-") or label.endswith("-"):
             raise InvalidEmail(field, f"domain label {label!r} is not letters, digits, hyphens")
-        ascii_labels.append(label)
-    if ascii_labels[-1].isdigit():
-        raise InvalidEmail(field, f"top-level domain {ascii_labels[-1]!r} is all digits")
-    ascii_domain = ".".join(ascii_labels)
-    if len(ascii_domain) > MAX_DOMAIN_OCTETS:
+    if labels[-1].isdigit():
+        raise InvalidEmail(field, f"top-level domain {labels[-1]!r} is all digits")
+    if len(domain) > MAX_DOMAIN_OCTETS:
         raise InvalidEmail(field, f"domain longer than {MAX_DOMAIN_OCTETS} octets")
-    return ascii_domain
+    return domain
+
+
+def _idna_2008(domain: str, field: str) -> str:
+    """The domain's ASCII form under IDNA 2008, after UTS 46's non-transitional mapping: what
+    registries and browsers resolve today. Python's own ``idna`` codec is IDNA 2003, which maps
+    ß to ss and final sigma to sigma (another domain, someone else's) and drops joiners; here
+    those are kept (ß, ς) or refused (a joiner out of its context), never changed."""
+    try:
+        encoded = idna.encode(domain, uts46=True, transitional=False)
+    except idna.IDNAError as exc:
+        raise InvalidEmail(
+            field, f"domain {domain!r} cannot be encoded under IDNA 2008 (UTS 46): {exc}"
+        ) from None
+    return encoded.decode("ascii")
 
 
 def wire_size(email: OutgoingEmail) -> int:

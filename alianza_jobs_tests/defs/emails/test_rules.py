@@ -215,3 +215,52 @@ def test_normalize_never_crashes_and_never_lets_a_line_break_through(value: str)
         return
     assert not any(c in result for c in "\r\n\0")
     assert "@" in result
+
+
+# -- internationalised domains: IDNA 2008 with UTS 46, never IDNA 2003 ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("given_", "sent", "not_"),
+    [
+        # IDNA 2003 (Python's codec) maps ß to ss: faß.de would go to fass.de, another domain.
+        ("u@faß.de", "u@xn--fa-hia.de", "u@fass.de"),
+        # ... and final sigma to sigma: βόλος.com is not βόλοσ.com.
+        ("u@βόλος.com", "u@xn--nxasmm1c.com", "u@xn--nxasmm1e.com"),
+        # Full-width and ideographic forms are mapped (UTS 46), as a browser would.
+        ("u@例え。テスト", "u@xn--r8jz45g.xn--zckzah", None),
+        ("u@ＢÜCHER.de", "u@xn--bcher-kva.de", None),
+        # Mixed scripts are a registry's policy, not an encoding's: sent to the domain as typed
+        # (this one's "а" is Cyrillic), never to the Latin look-alike.
+        ("u@pаypal.com", "u@xn--pypal-4ve.com", "u@paypal.com"),
+    ],
+)
+def test_idn_domains_are_encoded_by_idna_2008(given_: str, sent: str, not_: str | None) -> None:
+    assert normalize_address(given_, field="to_address") == sent
+    assert sent != not_
+    # The same rule for the sender.
+    assert prepare(from_address=given_).from_ == sent
+
+
+@pytest.mark.parametrize(
+    ("domain", "why"),
+    [
+        # IDNA 2003 drops joiners silently: a\u200db.com would become ab.com.
+        ("a\u200db.com", "Joiner U+200D not allowed"),
+        ("ab\u200cc.com", "Joiner U+200C not allowed"),
+        ("a\u05d0.com", "direction"),  # Bidi rule: a right-to-left letter in a left-to-right label
+        ("ü" * 60 + ".de", "too long"),  # 63 octets is the limit after encoding
+        ("xn--a.com\u00e9", "IDNA 2008"),
+    ],
+)
+def test_domains_idna_2008_cannot_encode_are_refused_with_a_reason(domain: str, why: str) -> None:
+    with pytest.raises(InvalidEmail) as refused:
+        normalize_address(f"u@{domain}", field="to_address")
+    assert "IDNA 2008" in refused.value.reason
+    assert why in refused.value.reason
+
+
+def test_an_unencodable_recipient_is_a_dead_letter_reason_not_a_crash() -> None:
+    with pytest.raises(InvalidEmail) as refused:
+        prepare(to_address="ana@a\u200db.com")
+    assert refused.value.field == "to_address"
