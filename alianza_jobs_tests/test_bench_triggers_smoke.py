@@ -1,4 +1,5 @@
-"""The trigger benchmarks still run: ``python -m benchmarks --smoke --only idle --only latency``.
+"""The trigger benchmarks still run: ``python -m benchmarks --smoke --only idle --only latency``,
+and ``--only webhook_flood``.
 
 Whole deployments (``dagster dev`` with ``ALIANZA_EVENT_TRIGGERS=false``, and ``scripts/dev``) on
 scratch homes: ``idle`` runs the two side by side over a short window, ``latency`` each in turn
@@ -13,13 +14,14 @@ tick), hence ``slow``.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from alianza_jobs_tests.conftest import REPO
+from alianza_jobs_tests.conftest import PG_ADMIN_URL, REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -104,3 +106,35 @@ def test_smoke_trigger_benchmarks_measure_both_deployments(tmp_path: Path) -> No
     report = (out / "latest.md").read_text()
     assert "## Idle deployments" in report and "## Latency" in report
     assert "| sqlite | events |" in report and "| sqlite | cron | video |" in report
+
+
+def test_smoke_webhook_flood_stores_everything_and_reports_its_figures(tmp_path: Path) -> None:
+    """The receiver's flood benchmark, tiny: every delivery stored once, settled by a run or two,
+    and every figure of its table present (on each backend there is)."""
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--smoke",
+            "--only",
+            "webhook_flood",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        env={**os.environ, "ALIANZA_BENCH_POSTGRES_URL": PG_ADMIN_URL},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads((out / "latest.json").read_text())
+    [*measurements] = results["measurements"]
+    assert measurements and all(m["success"] for m in measurements), measurements
+    for m in measurements:
+        assert m["not_done"] == 0 and 1 <= m["runs"] <= 3, m
+        assert m["counters"]["stored"] == m["size"], m
+        for figure in ("p50_s", "p95_s", "p99_s", "max_s", "peak_rss_mb", "cpu_s"):
+            assert m[figure] is not None and m[figure] > 0, (figure, m)

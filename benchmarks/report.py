@@ -151,6 +151,32 @@ def _latency_table(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def _flood_table(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = [
+        "| backend | ok | deliveries | requests | s | p50 ms | p95 ms | p99 ms | max ms "
+        "| peak RSS MB | lost or refused | apply runs | others (cores) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def ms(s: Mapping[str, Any], key: str) -> str:
+        value = s["median"].get(key)
+        return "-" if value is None else f"{value * 1000:.1f}"
+
+    for s in summaries:
+        med = s["median"]
+        lines.append(
+            f"| {s['backend']} | {s['ok']}/{s['runs']} | {s['size']:,} "
+            f"| {_num(med.get('samples'), 0)} | {_num(med.get('window_s'), 1)} "
+            f"| {ms(s, 'p50_s')} | {ms(s, 'p95_s')} | {ms(s, 'p99_s')} | {ms(s, 'max_s')} "
+            f"| {_num(med.get('peak_rss_mb'), 0)} | {_num(med.get('not_done'), 0)} "
+            f"| {_num(med.get('runs'), 0)} | {_num(med.get('foreign_cores'))} |"
+        )
+    for s in summaries:
+        for error in s["errors"]:
+            lines += ["", f"- {s['backend']} {s['case']}: **failed**: {error}"]
+    return lines
+
+
 def render(results: Mapping[str, Any]) -> str:
     machine = results["machine"]
     load = results["load"]
@@ -197,6 +223,8 @@ def render(results: Mapping[str, Any]) -> str:
             lines += _idle_table(summaries)
         elif name == "latency":
             lines += _latency_table(summaries)
+        elif name == "webhook_flood":
+            lines += _flood_table(summaries)
         else:
             lines += _workload_table(summaries)
     lines += [

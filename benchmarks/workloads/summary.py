@@ -27,6 +27,7 @@ METRICS = (
     "not_done",
     "p50_s",
     "p95_s",
+    "p99_s",
     "max_s",
     "budget_s",
 )
