@@ -57,6 +57,18 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[P
     forget_probes()
 
 
+@pytest.fixture(autouse=True)
+def _no_inherited_defs_state_storage() -> Iterator[None]:
+    """Each Dagster instance puts its storage of definitions state in a process-wide context
+    variable until it is disposed; one an earlier test left behind (its instance since collected)
+    makes the next load of a code location fail ("undefined DagsterInstance weakref"). Every test
+    starts without one; instances it makes set their own."""
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
+
+    with set_defs_state_storage(None):
+        yield
+
+
 @pytest.fixture
 def dagster_home(_isolated_env: Path) -> Path:
     return _isolated_env

@@ -238,9 +238,12 @@ async def test_the_webhook_sensor_launches_only_for_pending_deliveries(
 async def test_one_sensor_watches_every_queue_and_launches_each_that_has_work(
     engine: AsyncEngine, database_url: str, instance: DagsterInstance
 ) -> None:
-    from alianza_jobs.definitions import defs
+    # The code location's own queues, as definitions.py gathers them (without resolving the real
+    # code location's repository here: that would tie Dagster's load context to this test's
+    # instance, which later tests would then find gone).
+    from alianza_jobs.definitions import SENSED
 
-    sensor = defs.resolve_sensor_def("queue_work_sensor")
+    sensor = work_sensor([queue for domain in SENSED for queue in domain.sensed_queues()])
     context = build_sensor_context(
         instance=instance, resources={"database": Database(url=database_url)}
     )
