@@ -6,15 +6,43 @@ export DAGSTER_HOME ?= $(CURDIR)/.alianza/dagster_home
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: install dev test test-stressed lint format typecheck check bench bench-smoke tail emulate clean drizzle-schema
+.PHONY: install uv lock upgrade versions defs dev test test-stressed lint format typecheck check bench bench-smoke tail emulate clean drizzle-schema
 
-$(BIN)/.installed: pyproject.toml
+# Exactly the locked set (requirements-dev.lock: the runtime's requirements.lock plus the dev tools,
+# hashes checked), then this package on top of it without resolving anything again: what CI tested
+# is what a fresh machine gets. `make lock` updates both locks.
+$(BIN)/.installed: pyproject.toml requirements.lock requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements-dev.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip check
 	touch $@
 
-install: $(BIN)/.installed ## create .venv and install the package with its dev tools
+install: $(BIN)/.installed ## create .venv with the locked dependencies and dev tools, then the package
+
+# dg finds the project from pyproject.toml's [tool.dg]; it wants the project's venv active.
+DG := VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(BIN)):$$PATH $(BIN)/dg
+
+# uv from the lock itself, even before a first install (a new dependency can make `install` fail).
+uv:
+	test -x $(BIN)/uv || { $(PYTHON) -m venv $(VENV) && $(BIN)/pip install --quiet "$$(grep -m1 '^uv==' requirements-dev.lock | cut -d' ' -f1)"; }
+
+COMPILE := $(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes pyproject.toml
+
+lock: uv ## re-resolve the locks after a change to pyproject.toml's dependencies (keeps other pins)
+	$(COMPILE) -o requirements.lock
+	$(COMPILE) --extra dev --constraint requirements.lock -o requirements-dev.lock
+
+upgrade: uv ## move every pin in the locks to the newest release pyproject.toml allows
+	$(COMPILE) --upgrade -o requirements.lock
+	$(COMPILE) --extra dev --constraint requirements.lock --upgrade -o requirements-dev.lock
+
+versions: install ## what is installed (the lock's versions; a test fails when they differ)
+	$(BIN)/pip freeze --exclude-editable
+
+defs: install ## load the code location the way Dagster's tools do: dg check defs, then dg list defs
+	$(DG) check defs
+	$(DG) list defs
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
@@ -44,7 +72,7 @@ format: install
 typecheck: install
 	$(BIN)/mypy
 
-check: lint typecheck test
+check: lint typecheck defs test
 
 bench: install ## benchmarks against the TypeScript package's way, on loopback emulators; writes benchmarks/results/
 	$(BIN)/python -m benchmarks --triggers

@@ -212,7 +212,7 @@ def test_redaction_copes_with_a_malformed_database_url(outcome: Outcomes) -> Non
 
 
 def test_the_web_ui_binds_to_loopback_by_default(outcome: Outcomes) -> None:
-    """``make dev`` starts ``dagster dev -h 127.0.0.1`` (through ``scripts/dev``) and the webhook
+    """``make dev`` starts ``dg dev -h 127.0.0.1`` (through ``scripts/dev``) and the webhook
     receiver on 127.0.0.1: the UI (which has no login of its own) and the receiver are not
     reachable from the network unless an operator says so."""
     env = {k: v for k, v in os.environ.items() if k not in ("HOST", "PORT")}
@@ -223,5 +223,5 @@ def test_the_web_ui_binds_to_loopback_by_default(outcome: Outcomes) -> None:
     script = (REPO / "scripts" / "dev").read_text()
     outcome.add("secrets", "web UI bound to 127.0.0.1 by default", runs=0, items=2, lost=0)
     assert " HOST=127.0.0.1 " in f" {command} "
-    assert 'dagster" dev -w workspace.yaml -h "$HOST"' in script
+    assert 'dg" dev -w "$REPO/workspace.yaml" -h "$HOST"' in script
     assert "webhooks serve --host 127.0.0.1 " in script

@@ -378,6 +378,7 @@ _PROCESS_LABELS = (
     ("code-server start", "code server proxy"),
     ("api grpc", "code server (with the runs it reaped)"),
     ("dagster dev", "dagster dev"),
+    ("dg dev", "dagster dev"),
     ("scripts/dev", "scripts/dev"),
     ("multiprocessing", "runs and helpers still running"),
 )
