@@ -40,7 +40,7 @@ upgrade: uv ## move every pin in the locks to the newest release pyproject.toml 
 versions: install ## what is installed (the lock's versions; a test fails when they differ)
 	$(BIN)/pip freeze --exclude-editable
 
-defs: install ## load the code location the way Dagster's tools do: dg check defs, then dg list defs
+defs: install $(DAGSTER_HOME)/dagster.yaml ## load the code location the way Dagster's tools do: dg check defs, then dg list defs
 	$(DG) check defs
 	$(DG) list defs
 
