@@ -210,6 +210,44 @@ async def test_sends_valid_rows_once_and_dead_letters_invalid_ones(
     assert not [r for r in rows.values() if r.platform_status == "sending"]
 
 
+async def test_international_domains_go_to_their_own_domain_or_to_the_dead_letters(
+    engine: AsyncEngine, database_url: str, state_dir: Path, emulator: ResendEmulator
+) -> None:
+    """IDNA 2008 through the whole run: what encodes goes to *its* domain's A-label (never the
+    look-alike IDNA 2003 would pick), what cannot be encoded is dead-lettered with the reason."""
+    rows_in = [
+        email(0, to_address="u@fa\u00df.de"),  # ß stays ß: xn--fa-hia.de, not fass.de
+        email(1, to_address="u@\u03c0\u03bf\u03bb\u03b9\u03c2.gr"),  # final sigma stays final
+        email(2, to_address="u@a\u200db.com"),  # a joiner out of context: refused, not dropped
+        email(3, from_address="Ventas <v@a\u200cb.com>"),  # the sender is held to it too
+        email(4, to_address="u@" + "\u00e9" * 60 + ".com"),  # a label too long once encoded
+    ]
+    ids = await add_emails(engine, rows_in)
+
+    output = await run_op(database_url, state_dir, EmailQueueConfig(batch_size=25))
+
+    meta = metadata_of(output)
+    assert (meta["sent"], meta["dead_invalid"]) == (2, 3)
+    rows = await rows_by_id(engine)
+    sent = {e.id: e for e in emulator.inbox()}
+    assert sent[str(rows[ids[0]].provider_message_id)].to == ["u@xn--fa-hia.de"]
+    assert sent[str(rows[ids[1]].provider_message_id)].to == ["u@xn--uxadldn.gr"]
+    # The look-alikes IDNA 2003 would have sent to: fass.de, the medial-sigma domain, ab.com.
+    assert all(
+        to not in ("u@fass.de", "u@xn--uxadlds.gr", "u@ab.com")
+        for e in sent.values()
+        for to in e.to
+    )
+    letters = {d.source_id: d for d in await dead_letters(engine)}
+    assert set(letters) == set(ids[2:])
+    for row_id in ids[2:]:
+        assert rows[row_id].status == "dead"
+        assert letters[row_id].error == rows[row_id].last_error
+    assert "U+200D" in (rows[ids[2]].last_error or "")
+    assert "U+200C" in (rows[ids[3]].last_error or "")
+    assert "too long" in (rows[ids[4]].last_error or "")
+
+
 async def test_nothing_due_means_nothing_sent(
     engine: AsyncEngine, database_url: str, state_dir: Path, emulator: ResendEmulator
 ) -> None:
