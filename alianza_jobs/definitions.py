@@ -18,6 +18,7 @@ from alianza_jobs.defs.health import definitions as health
 from alianza_jobs.defs.reports import definitions as reports
 from alianza_jobs.defs.sessions import definitions as sessions
 from alianza_jobs.defs.videos import definitions as videos
+from alianza_jobs.platform.freshness import check_freshness_overrides, fresh_tables
 from alianza_jobs.platform.schedules import check_cron_overrides, work_sensor
 from alianza_jobs.resources import build_resources
 from alianza_jobs.settings import Settings, load_settings
@@ -51,6 +52,8 @@ def build_defs(settings: Settings) -> dg.Definitions:
             s.job_name for s in merged.schedules or [] if isinstance(s, dg.ScheduleDefinition)
         ],
     )
+    tables = fresh_tables(merged.assets or [])
+    check_freshness_overrides(settings, [key.to_user_string() for key in tables])
     return merged
 
 

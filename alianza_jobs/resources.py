@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, TypedDict, TypeVar, Unpack
+from urllib.parse import quote
 
 import dagster as dg
 import httpx
@@ -133,6 +134,11 @@ class AppConfig(dg.ConfigurableResource):  # type: ignore[type-arg]
 
     def run_url(self, run_id: str) -> str:
         return f"{self.webserver_url.rstrip('/')}/runs/{run_id}"
+
+    def asset_url(self, key: dg.AssetKey) -> str:
+        """The asset's page in the UI (its freshness, materializations and lineage)."""
+        path = "/".join(quote(part, safe="") for part in key.path)
+        return f"{self.webserver_url.rstrip('/')}/assets/{path}"
 
 
 class ReportStorage(dg.ConfigurableResource):  # type: ignore[type-arg]

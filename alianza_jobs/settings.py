@@ -41,8 +41,8 @@ REQUIRED_OUTSIDE_LOCAL = (
     "EMAIL_FROM",
 )
 
-# Every variable the app reads (besides ALIANZA_CRON_<JOB>): tests and benchmarks clear these so a
-# developer's shell cannot change what a run sees.
+# Every variable the app reads (besides ALIANZA_CRON_<JOB> and ALIANZA_FRESHNESS_<TABLE>_SECONDS):
+# tests and benchmarks clear these so a developer's shell cannot change what a run sees.
 ENV_VARIABLES = (
     "ALIANZA_ENV",
     "DATABASE_URL",
@@ -69,6 +69,10 @@ DEFAULT_CLOUDFLARE_API_BASE_URL = "https://api.cloudflare.com/client/v4"
 DEFAULT_RESEND_API_BASE_URL = "https://api.resend.com"
 DEFAULT_EMAIL_FROM = "Alianza <jobs@alianza.local>"
 CRON_OVERRIDE_PREFIX = "ALIANZA_CRON_"
+FRESHNESS_OVERRIDE_PREFIX = "ALIANZA_FRESHNESS_"
+FRESHNESS_OVERRIDE_SUFFIX = "_SECONDS"
+# Dagster refuses a freshness window shorter than a minute.
+MIN_FRESHNESS_SECONDS = 60
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DB_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _TRUE = {"1", "true", "yes", "on"}
@@ -108,6 +112,9 @@ class Settings:
     reports_dir: Path
     cron_overrides: Mapping[str, str] = field(default_factory=dict)
     """Job name -> cron, from ``ALIANZA_CRON_<JOB_NAME>`` variables (validated against jobs later)."""
+    freshness_overrides: Mapping[str, int] = field(default_factory=dict)
+    """Table -> seconds, from ``ALIANZA_FRESHNESS_<TABLE>_SECONDS``: the table's freshness window
+    instead of the one derived from its job's cron (validated against the tables later)."""
     database_url_from_env: bool = False
     """DATABASE_URL is set: resources pass it as ``EnvVar`` so the UI shows the name only."""
     alert_webhook_configured: bool = False
@@ -330,6 +337,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             for name, value in env_vars.items()
             if name.startswith(CRON_OVERRIDE_PREFIX)
         },
+        freshness_overrides=_freshness_overrides(env_vars),
         database_url_from_env=bool(raw_db_url),
         alert_webhook_configured=bool(env_vars.get("ALERT_WEBHOOK_URL", "").strip()),
         dagster_home_from_env=bool(env_vars.get("DAGSTER_HOME", "").strip()),
@@ -395,6 +403,28 @@ def mask_url(raw: str) -> str:
     except (ArgumentError, ValueError):
         return _USERINFO.sub(":***@", raw)
     return url.render_as_string(hide_password=True)
+
+
+def _freshness_overrides(env_vars: Mapping[str, str]) -> dict[str, int]:
+    """``ALIANZA_FRESHNESS_<TABLE>_SECONDS`` as {table: seconds}; an empty value is unset."""
+    overrides: dict[str, int] = {}
+    for name, raw in env_vars.items():
+        if not name.startswith(FRESHNESS_OVERRIDE_PREFIX) or not raw.strip():
+            continue
+        table = name.removeprefix(FRESHNESS_OVERRIDE_PREFIX).removesuffix(FRESHNESS_OVERRIDE_SUFFIX)
+        if not name.endswith(FRESHNESS_OVERRIDE_SUFFIX) or not table:
+            raise SettingsError(
+                f"{name}={raw!r}: expected {FRESHNESS_OVERRIDE_PREFIX}<TABLE>"
+                f"{FRESHNESS_OVERRIDE_SUFFIX}=<seconds>"
+            )
+        value = raw.strip()
+        if not (value.isascii() and value.isdigit()) or int(value) < MIN_FRESHNESS_SECONDS:
+            raise SettingsError(
+                f"{name}={raw!r} is not a whole number of seconds of at least "
+                f"{MIN_FRESHNESS_SECONDS} (Dagster's shortest freshness window)"
+            )
+        overrides[table.lower()] = int(value)
+    return overrides
 
 
 def _parse_bool(env_vars: Mapping[str, str], name: str) -> bool:

@@ -46,7 +46,7 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[P
     """Every test gets its own DAGSTER_HOME (with the repo's dagster.yaml) and a clean environment,
     and leaves no work-probe connection behind (they are kept per process, by URL)."""
     for name in list(os.environ):
-        if name in _ISOLATED_ENV or name.startswith("ALIANZA_CRON_"):
+        if name in _ISOLATED_ENV or name.startswith(("ALIANZA_CRON_", "ALIANZA_FRESHNESS_")):
             monkeypatch.delenv(name, raising=False)
     home = tmp_path / "dagster_home"
     home.mkdir()

@@ -74,6 +74,7 @@ def test_assets_lineage_and_sensors() -> None:
     assert set(sensors) >= {
         "alert_on_run_failure",
         "notify_on_recovery",
+        "alert_on_stale_tables",
         "queue_work_sensor",
     }
     assert all(s.default_status == DefaultSensorStatus.RUNNING for s in sensors.values())
@@ -87,7 +88,7 @@ def test_cron_only_mode_has_no_work_sensors(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("ALIANZA_EVENT_TRIGGERS", "false")
     defs = _load()
     sensors = {s.name for s in defs.sensors or []}
-    assert sensors == {"alert_on_run_failure", "notify_on_recovery"}
+    assert sensors == {"alert_on_run_failure", "notify_on_recovery", "alert_on_stale_tables"}
     monkeypatch.delenv("ALIANZA_EVENT_TRIGGERS")
     _load()
 

@@ -244,7 +244,9 @@ class ChildOutcome:
 
 def child_env(extra: Mapping[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
-    env = {k: v for k, v in env.items() if not k.startswith("ALIANZA_CRON_")}
+    env = {
+        k: v for k, v in env.items() if not k.startswith(("ALIANZA_CRON_", "ALIANZA_FRESHNESS_"))
+    }
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env

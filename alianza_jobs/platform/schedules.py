@@ -1,10 +1,10 @@
 """A task's schedule and its work sensor: the cron for this environment (its
 ``ALIANZA_CRON_<JOB>`` override, else the environment's cron, else the default), a tick skipped
 while a run of its job is still in progress (the overlap guard) or, for a queue, when nothing is
-due (its backlog probe, one query in the code server instead of a run process), and a
-time-partitioned job run for its last complete partition. The sensor launches a queue's job as
-soon as work is due, every few seconds, with the same guard and the same probe (one sensor for
-every queue: :func:`work_sensor`).
+due (its backlog probe, one query in the code server instead of a run process; the tick then
+records the job's tables as current, for their freshness), and a time-partitioned job run for its
+last complete partition. The sensor launches a queue's job as soon as work is due, every few
+seconds, with the same guard and the same probe (one sensor for every queue: :func:`work_sensor`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from dagster import (
+    AssetMaterialization,
     DagsterRunStatus,
     DefaultScheduleStatus,
     DefaultSensorStatus,
@@ -106,7 +107,7 @@ def task_schedule(
     probe = spec.backlog if settings.event_triggers else None
     skips = "Skips a tick while a run is active"
     if probe is not None:
-        skips += " or when nothing is due"
+        skips += " or when nothing is due (then its tables are recorded as current)"
 
     def evaluate(context: ScheduleEvaluationContext, database: Any) -> RunRequest | SkipReason:
         blocked = in_progress(context, job_name)
@@ -119,6 +120,7 @@ def task_schedule(
                 # which then fails (or succeeds) in the open, with its own error.
                 context.log.warning(f"{job_name}: could not ask for due work ({backlog}); running")
             elif backlog.count == 0:
+                report_current(context, spec, backlog)
                 return SkipReason(f"nothing due: {backlog.describe()}")
         scheduled = context.scheduled_execution_time
         tags = {TAG_CRON: cron}
@@ -153,6 +155,30 @@ def task_schedule(
         return evaluate(context, database)
 
     return decorate(_probed)
+
+
+def report_current(context: ScheduleEvaluationContext, spec: TaskSpec, backlog: Backlog) -> None:
+    """A tick that skips because nothing is due leaves the job's tables as current as a run would
+    have: say so with a runless materialization of each, or the table would go stale (an alert,
+    ``platform.freshness``) on a quiet queue. Not on the overlap guard's skip: the active run
+    materializes when it ends, and a stuck one must let its tables go stale. Best effort: the tick
+    skips either way."""
+    scheduled = context.scheduled_execution_time
+    metadata: dict[str, Any] = {"due": backlog.count, "source": "schedule tick: nothing due"}
+    if scheduled:
+        metadata["scheduled_time"] = scheduled.isoformat()
+    try:
+        for key in spec.assets:
+            context.instance.report_runless_asset_event(
+                AssetMaterialization(
+                    asset_key=key,
+                    description=f"Current as of {spec.name}'s tick: {backlog.describe()}",
+                    metadata=metadata,
+                )
+            )
+    except Exception as exc:
+        reason = redact(f"{type(exc).__name__}: {exc}", secret_values())
+        context.log.warning(f"{spec.name}: could not record its tables as current ({reason})")
 
 
 WORK_SENSOR = "queue_work_sensor"

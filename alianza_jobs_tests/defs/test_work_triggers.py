@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from dagster import (
+    AssetKey,
     DagsterInstance,
     DagsterRunStatus,
     build_schedule_context,
@@ -145,6 +146,41 @@ async def test_the_sensor_waits_while_a_run_of_the_job_is_active(
     sensed = evaluate_sensor(process_email_queue, database_url, instance)
     assert not sensed.run_requests
     assert run.run_id in sensed.skip_message
+
+
+# -- every queue ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("task", "table", "nothing"),
+    [
+        pytest.param(process_email_queue, "email_queue", "0 due emails", id="email"),
+        pytest.param(process_streaming_video_queue, "streamings", "0 queued videos", id="videos"),
+        pytest.param(
+            sync_stream_catalog, "stream_videos", "0 new or unsettled videos", id="catalog"
+        ),
+    ],
+)
+async def test_a_tick_with_nothing_due_records_its_table_as_current(
+    engine: AsyncEngine,
+    database_url: str,
+    instance: DagsterInstance,
+    task: Any,
+    table: str,
+    nothing: str,
+) -> None:
+    """What keeps a quiet queue's table fresh (no run, so no run's materialization)."""
+    tick = evaluate_schedule(task, task.job, database_url, instance)
+    assert tick.skip_message == f"nothing due: {nothing}"
+    [record] = instance.fetch_materializations(AssetKey(table), limit=5).records
+    assert record.run_id == ""
+    assert record.asset_materialization is not None
+    metadata = {k: v.value for k, v in record.asset_materialization.metadata.items()}
+    assert metadata == {
+        "due": 0,
+        "source": "schedule tick: nothing due",
+        "scheduled_time": TICK.isoformat(),
+    }
 
 
 # -- videos -------------------------------------------------------------------------------------

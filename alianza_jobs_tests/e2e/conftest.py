@@ -3,8 +3,9 @@
 Fresh Postgres databases for Dagster's storage and for the app, ``deploy/dagster.yaml`` with the
 few test overrides in :data:`~alianza_jobs_tests.e2e.harness.TEST_OVERRIDES`, a workspace with the
 real code location and the suite's own (:mod:`alianza_jobs_tests.e2e.location`), the app in
-``ALIANZA_ENV=prod`` against ``alianza-jobs emulate`` on a loopback port. The tests share it and
-each waits for its own conditions, so the minute-boundary waits of the schedule tests overlap.
+``ALIANZA_ENV=prod`` against ``alianza-jobs emulate`` on a loopback port, and its alerts posted to
+a webhook the suite runs (:class:`~alianza_jobs_tests.e2e.harness.AlertReceiver`). The tests share
+it and each waits for its own conditions, so the minute-boundary waits of the schedule tests overlap.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from alianza_jobs_tests.e2e.harness import (
     BIN,
     PRODUCTION_WORKSPACE,
     REPO,
+    AlertReceiver,
     Deployment,
     Service,
     procfile_argv,
@@ -45,6 +47,9 @@ EMAIL_FROM = "Alianza <jobs@alianza.test>"
 WEBHOOK_SECRET = f"whsec-e2e-{secrets.token_hex(12)}"
 # A cron that does not fire while the suite runs (unless it runs at midnight on New Year's Day).
 QUIET_CRON = "0 0 1 1 *"
+# stream_videos' freshness window in the suite: twice its minutely tick, so a tick that comes late
+# on a loaded machine does not make it flap (Dagster's shortest window is one minute).
+FRESHNESS_WINDOW_S = 120
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -84,8 +89,21 @@ def _workspace(root: Path) -> int:
 
 
 @pytest.fixture(scope="package")
+def alert_receiver() -> Iterator[AlertReceiver]:
+    """Where the deployment's alerts go (ALERT_WEBHOOK_URL): no ALERT_EMAIL_TO, so alerts add no
+    rows to the email queue whose deliveries the daemon crash test counts."""
+    receiver = AlertReceiver.start()
+    try:
+        yield receiver
+    finally:
+        receiver.close()
+
+
+@pytest.fixture(scope="package")
 def deployment(
-    make_postgres_database: Callable[[], str], tmp_path_factory: pytest.TempPathFactory
+    make_postgres_database: Callable[[], str],
+    tmp_path_factory: pytest.TempPathFactory,
+    alert_receiver: AlertReceiver,
 ) -> Iterator[Deployment]:
     dagster_db = make_postgres_database()
     app_db = make_postgres_database()
@@ -137,6 +155,15 @@ def deployment(
         # The emulator requires exactly these, as the real APIs require valid ones.
         "ALIANZA_EMULATOR_REQUIRE_TOKEN": STREAM_TOKEN,
         "ALIANZA_EMULATOR_REQUIRE_RESEND_KEY": RESEND_KEY,
+        "ALERT_WEBHOOK_URL": alert_receiver.url,
+        # The freshness test (test_freshness.py) turns the catalog sync's schedule off and waits
+        # for stream_videos to go stale: a minutely tick (nothing due keeps it fresh: the probe is
+        # on, whatever the default becomes), a 2-minute window, the daemon looking every 5 s. The
+        # other tables keep the windows their crons give them, far longer than the suite.
+        "ALIANZA_EVENT_TRIGGERS": "true",
+        "ALIANZA_CRON_SYNC_STREAM_CATALOG": "* * * * *",
+        "ALIANZA_FRESHNESS_STREAM_VIDEOS_SECONDS": str(FRESHNESS_WINDOW_S),
+        "FRESHNESS_DAEMON_INTERVAL_SECONDS": "5",
     }
     # The daemon crash test needs the email queue's rows to be sent by the runs it launches (slowly,
     # in small batches), not by a scheduled run that sends them all in a second: keep the real

@@ -13,14 +13,17 @@ Waiting is always polling a condition under a deadline (:func:`wait_for`).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -377,6 +380,53 @@ class Deployment:
         )["stopSensor"]
         assert stopped["instigationState"]["status"] == "STOPPED", stopped
 
+    @contextlib.contextmanager
+    def schedule_stopped(self, name: str, location: str = "alianza_jobs") -> Iterator[None]:
+        """The schedule off for the block, on again after it (as an operator would flip it)."""
+        self.stop_schedule(name, location)
+        try:
+            yield
+        finally:
+            self.start_schedule(name, location)
+
+    def start_schedule(self, name: str, location: str = "alianza_jobs") -> None:
+        started = self.graphql_query(
+            """
+            mutation ($s: ScheduleSelector!) {
+              startSchedule(scheduleSelector: $s) {
+                __typename
+                ... on ScheduleStateResult { scheduleState { status } }
+              }
+            }""",
+            {"s": _schedule_selector(name, location)},
+        )["startSchedule"]
+        assert started.get("scheduleState", {}).get("status") == "RUNNING", started
+
+    def stop_schedule(self, name: str, location: str = "alianza_jobs") -> None:
+        """Turn a schedule off as an operator would in the UI (Automation -> the schedule -> off)."""
+        found = self.graphql_query(
+            """
+            query ($s: ScheduleSelector!) {
+              scheduleOrError(scheduleSelector: $s) {
+                __typename
+                ... on Schedule { id }
+              }
+            }""",
+            {"s": _schedule_selector(name, location)},
+        )["scheduleOrError"]
+        assert found["__typename"] == "Schedule", found
+        stopped = self.graphql_query(
+            """
+            mutation ($id: String!) {
+              stopRunningSchedule(id: $id) {
+                __typename
+                ... on ScheduleStateResult { scheduleState { status } }
+              }
+            }""",
+            {"id": found["id"]},
+        )["stopRunningSchedule"]
+        assert stopped.get("scheduleState", {}).get("status") == "STOPPED", stopped
+
     def graphql_query(self, query: str, variables: dict[str, Any] | None = None) -> Any:
         response = httpx.post(
             f"{self.url}/graphql", json={"query": query, "variables": variables or {}}, timeout=30
@@ -494,6 +544,61 @@ class Deployment:
                 }
             )
         return ticks
+
+
+def _schedule_selector(name: str, location: str) -> dict[str, str]:
+    return {
+        "repositoryLocationName": location,
+        "repositoryName": "__repository__",
+        "scheduleName": name,
+    }
+
+
+@dataclass
+class AlertReceiver:
+    """A Slack-compatible webhook on loopback (``ALERT_WEBHOOK_URL``) that keeps every alert it is
+    posted, with the time it came, for the tests to read."""
+
+    server: ThreadingHTTPServer
+    received: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def start(cls) -> AlertReceiver:
+        receiver: AlertReceiver
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with receiver.lock:
+                    receiver.received.append((time.time(), json.loads(body)))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # the test reads the alerts; the requests need no log
+
+        receiver = cls(ThreadingHTTPServer(("127.0.0.1", 0), Handler))
+        threading.Thread(target=receiver.server.serve_forever, daemon=True).start()
+        return receiver
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+
+    def alerts(self, **labels: str) -> list[tuple[float, dict[str, Any]]]:
+        """(received at, payload) of every alert whose ``alianza`` labels include ``labels``."""
+        with self.lock:
+            return [
+                (at, payload)
+                for at, payload in self.received
+                if labels.items() <= payload.get("alianza", {}).items()
+            ]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def _http_ok(url: str) -> bool:

@@ -277,7 +277,8 @@ def child_env(env: Mapping[str, str]) -> dict[str, str]:
     base = {
         k: v
         for k, v in os.environ.items()
-        if k not in _ISOLATED and not k.startswith(("ALIANZA_CRON_", "ALIANZA_TEST_"))
+        if k not in _ISOLATED
+        and not k.startswith(("ALIANZA_CRON_", "ALIANZA_FRESHNESS_", "ALIANZA_TEST_"))
     }
     return {**base, **env}
 

@@ -3,7 +3,8 @@
 Whether a run alerts is decided from its job's run history alone (first failure of a streak, then
 one "still failing" summary per hour of the streak, then one recovery notice), so any sensor tick,
 or a retried one, decides the same way. Alerts go to ``ALERT_EMAIL_TO`` through the email queue
-and to an optional ``ALERT_WEBHOOK_URL`` directly; ``docs/alerts.md`` says why both.
+and to an optional ``ALERT_WEBHOOK_URL`` directly (:func:`deliver`, which the stale-table alerts of
+``freshness.py`` share); ``docs/alerts.md`` says why both.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, Protocol
 
 import httpx
 from dagster import (
@@ -39,8 +40,23 @@ AlertKind = Literal["failure", "still_failing", "recovered"]
 _FINISHED = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE]
 
 
+class Notice(Protocol):
+    """What :func:`deliver` sends: a subject and a text, and the labels a webhook receiver (and
+    the log line) can route on, ``kind`` first."""
+
+    @property
+    def subject(self) -> str: ...
+
+    @property
+    def text(self) -> str: ...
+
+    def labels(self) -> dict[str, str]: ...
+
+
 @dataclass(frozen=True)
 class Alert:
+    """An alert about a job's runs."""
+
     kind: AlertKind
     job: str
     run_id: str
@@ -58,6 +74,9 @@ class Alert:
         if self.kind == "still_failing":
             return f"[alianza-jobs] {self.job} still failing: {self.failures_in_streak} failed runs"
         return f"[alianza-jobs] {self.job} recovered (run {short})"
+
+    def labels(self) -> dict[str, str]:
+        return {"kind": self.kind, "job": self.job, "run_id": self.run_id}
 
     @property
     def text(self) -> str:
@@ -147,7 +166,7 @@ def decide_on_success(instance: DagsterInstance, run: DagsterRun, app: AppConfig
     )
 
 
-async def _enqueue_email(database: Database, app: AppConfig, alert: Alert) -> int:
+async def _enqueue_email(database: Database, app: AppConfig, alert: Notice) -> int:
     emails = [NewEmail(to=to, subject=alert.subject, text=alert.text) for to in app.alert_email_to]
     if not emails:
         return 0
@@ -157,20 +176,19 @@ async def _enqueue_email(database: Database, app: AppConfig, alert: Alert) -> in
             return len(await enqueue_emails(conn, tables, emails))
 
 
-def _post_webhook(url: str, alert: Alert) -> None:
+def _post_webhook(url: str, alert: Notice) -> None:
+    # "text" is what a Slack-compatible receiver shows; "alianza" is for receivers that route.
     response = httpx.post(
-        url,
-        json={
-            "text": alert.text,
-            "alianza": {"kind": alert.kind, "job": alert.job, "run_id": alert.run_id},
-        },
-        timeout=WEBHOOK_TIMEOUT_SECONDS,
+        url, json={"text": alert.text, "alianza": alert.labels()}, timeout=WEBHOOK_TIMEOUT_SECONDS
     )
     response.raise_for_status()
 
 
-def deliver(alert: Alert, database: Database, app: AppConfig) -> dict[str, object]:
-    log = get_logger(job=alert.job, run_id=alert.run_id, alert=alert.kind)
+def deliver(alert: Notice, database: Database, app: AppConfig) -> dict[str, object]:
+    """Enqueue the alert's email to each ``ALERT_EMAIL_TO`` (raises if the queue cannot take it),
+    then post it to ``ALERT_WEBHOOK_URL`` (logged, not raised, if that fails)."""
+    labels = alert.labels()
+    log = get_logger(alert=labels.pop("kind"), **labels)
     sent: dict[str, object] = {"emails": asyncio.run(_enqueue_email(database, app, alert))}
     if app.alert_webhook_url:
         try:

@@ -11,6 +11,7 @@ from alianza_jobs.defs.videos import (
     sync_stream_catalog,
 )
 from alianza_jobs.defs.videos.assets import STREAM_VIDEOS, STREAMINGS
+from alianza_jobs.platform.freshness import with_freshness
 from alianza_jobs.platform.task import TaskSpec
 from alianza_jobs.settings import Settings
 
@@ -22,7 +23,12 @@ def build_defs(settings: Settings) -> dg.Definitions:
         apply_stream_webhooks,
     )
     return dg.Definitions(
-        assets=[STREAMINGS, STREAM_VIDEOS],
+        # Each table's freshness follows the cron of the job that keeps it (the webhooks' runs
+        # update streamings too, but only the queue's schedule is bound to a clock).
+        assets=[
+            with_freshness(STREAMINGS, queue.TASK, settings),
+            with_freshness(STREAM_VIDEOS, sync.TASK, settings),
+        ],
         jobs=[queue.job, sync.job, webhooks.job],
         # The queue's cron stays the safety net for deliveries that never came. The catalog
         # sync's ticks skip when the platform has no upload the mirror lacks and the mirror no
