@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -234,18 +233,6 @@ def test_an_unreadable_cursor_starts_over_like_a_first_tick(
 
 
 # -- the sensor itself, through the run alerts' channels ----------------------------------------
-
-
-@pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'app.db'}"
-
-    async def migrate() -> None:
-        async with migrated_engine(url):
-            pass
-
-    asyncio.run(migrate())
-    return url
 
 
 def _emails(db_url: str) -> list[Any]:

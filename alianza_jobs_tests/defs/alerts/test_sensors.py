@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import httpx
-import pytest
 import respx
 from dagster import (
     DagsterEventType,
@@ -31,18 +29,6 @@ from alianza_jobs_tests.defs.emails.fixtures import deliveries_by_id
 from alianza_jobs_tests.platform import defs
 
 WEBHOOK = "https://hooks.example.test/services/T000/B000/XXXX"
-
-
-@pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'app.db'}"
-
-    async def migrate() -> None:
-        async with migrated_engine(url):
-            pass
-
-    asyncio.run(migrate())
-    return url
 
 
 def _resources(db_url: str) -> dict[str, object]:
