@@ -176,26 +176,36 @@ def test_an_override_naming_no_table_fails_the_load() -> None:
         build_defs(load_settings({"ALIANZA_FRESHNESS_STREAM_VIDEO_SECONDS": "120"}))
     assert str(err.value) == (
         "ALIANZA_FRESHNESS_STREAM_VIDEO_SECONDS=120 names no table with a freshness policy "
-        "(tables: daily_reports, email_queue, stream_videos, streamings)"
+        "(tables: daily_reports, email_queue, stream_videos, streamings, user_sessions)"
     )
 
 
-def test_the_four_tables_carry_their_policy_job_and_reason() -> None:
+def test_the_jobs_tables_carry_their_policy_job_and_reason() -> None:
     from alianza_jobs.definitions import build_defs
 
     defs = build_defs(load_settings({}))
     tables = {key.to_user_string(): spec for key, spec in fresh_tables(defs.assets or []).items()}
-    assert set(tables) == {"streamings", "email_queue", "stream_videos", "daily_reports"}
+    assert set(tables) == {
+        "streamings",
+        "email_queue",
+        "stream_videos",
+        "daily_reports",
+        "user_sessions",
+    }
     maintained = {name: spec.metadata[META_MAINTAINED_BY] for name, spec in tables.items()}
     assert maintained == {
         "streamings": "process_streaming_video_queue",
         "email_queue": "process_email_queue",
         "stream_videos": "sync_stream_catalog",
         "daily_reports": "daily_report",
+        "user_sessions": "cleanup_expired_sessions",
     }
     assert _window(tables["stream_videos"].freshness_policy) == timedelta(minutes=59)
     assert tables["email_queue"].metadata[META_FRESHNESS].startswith("stale 10 min after")
     assert isinstance(tables["daily_reports"].freshness_policy, CronFreshnessPolicy)
+    sessions = tables["user_sessions"].freshness_policy
+    assert isinstance(sessions, CronFreshnessPolicy)
+    assert sessions.deadline_cron == "3 3 * * *"
 
 
 def test_with_freshness_keeps_the_rest_of_the_spec() -> None:
