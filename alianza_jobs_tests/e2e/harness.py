@@ -339,13 +339,7 @@ class Deployment:
                 ... on Sensor { sensorState { status } }
               }
             }""",
-            {
-                "s": {
-                    "repositoryLocationName": location,
-                    "repositoryName": "__repository__",
-                    "sensorName": name,
-                }
-            },
+            {"s": _sensor_selector(name, location)},
         )["startSensor"]
         assert started["sensorState"]["status"] == "RUNNING", started
 
@@ -359,13 +353,7 @@ class Deployment:
                 ... on Sensor { jobOriginId sensorState { selectorId } }
               }
             }""",
-            {
-                "s": {
-                    "repositoryLocationName": location,
-                    "repositoryName": "__repository__",
-                    "sensorName": name,
-                }
-            },
+            {"s": _sensor_selector(name, location)},
         )["sensorOrError"]
         assert found["__typename"] == "Sensor", found
         stopped = self.graphql_query(
@@ -547,11 +535,16 @@ class Deployment:
 
 
 def _schedule_selector(name: str, location: str) -> dict[str, str]:
-    return {
-        "repositoryLocationName": location,
-        "repositoryName": "__repository__",
-        "scheduleName": name,
-    }
+    return {**_repository_selector(location), "scheduleName": name}
+
+
+def _sensor_selector(name: str, location: str) -> dict[str, str]:
+    return {**_repository_selector(location), "sensorName": name}
+
+
+def _repository_selector(location: str) -> dict[str, str]:
+    # Definitions (not a @repository) load as Dagster's implicit "__repository__".
+    return {"repositoryLocationName": location, "repositoryName": "__repository__"}
 
 
 @dataclass
