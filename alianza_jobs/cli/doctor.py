@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import click
 from dagster import DagsterInstance, DefaultScheduleStatus, Definitions
+from dagster._core.definitions.freshness import FreshnessState
 from dagster._core.errors import DagsterInvalidConfigError
 from dagster._core.scheduler.instigation import InstigatorStatus, InstigatorType
 from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
@@ -27,6 +28,7 @@ from dagster_shared.error import SerializableErrorInfo
 from sqlalchemy.engine import make_url
 
 from alianza_jobs.cli.runs import load_defs
+from alianza_jobs.platform.freshness import fresh_tables
 from alianza_jobs.platform.instance import get_instance
 from alianza_jobs.redaction import redact, secret_values
 from alianza_jobs.settings import (
@@ -50,6 +52,7 @@ CHECKS = (
     "dagster storage",
     "daemon",
     "schedules",
+    "fresh tables",
     "stream api",
     "resend api",
     "stream webhooks",
@@ -99,6 +102,7 @@ def run_checks(module: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[CheckR
         _run(ctx, "dagster storage", _check_dagster_storage),
         _run(ctx, "daemon", _check_daemon),
         _run(ctx, "schedules", _check_schedules),
+        _run(ctx, "fresh tables", _check_freshness),
         _run(ctx, "stream webhooks", _check_webhooks),
     ]
     if ctx.instance is not None:
@@ -328,18 +332,23 @@ def _describe_error(error: SerializableErrorInfo) -> str:
     return lines[0] if lines else "(no message)"
 
 
-def _check_schedules(ctx: _Context) -> str:
+def _code_location(ctx: _Context) -> tuple[DagsterInstance, Definitions]:
+    """What the checks of Dagster's state need: its storage and the loaded code location."""
     if ctx.settings is None:
         raise CheckFailed("not checked: settings did not load")
     instance = ctx.instance
     if instance is None:
         raise CheckFailed("not checked: Dagster's storage is not reachable")
     try:
-        defs = load_defs(ctx.module)
+        return instance, load_defs(ctx.module)
     except click.ClickException as exc:
         raise CheckFailed(
             f"code location {ctx.module} does not load: {exc.format_message()}"
         ) from None
+
+
+def _check_schedules(ctx: _Context) -> str:
+    instance, defs = _code_location(ctx)
     declared = _declared_schedules(defs)
     if not declared:
         return f"{ctx.module} declares no schedules"
@@ -360,6 +369,61 @@ def _check_schedules(ctx: _Context) -> str:
             "(start them in the UI's Automation page)"
         )
     return f"{len(declared)} of {len(declared)} running"
+
+
+def _check_freshness(ctx: _Context) -> str:
+    """The freshness daemon's latest verdict on each table with a policy: a stale one means its
+    job has stopped updating it (schedule off, run stuck, daemon down; docs/alerts.md)."""
+    instance, defs = _code_location(ctx)
+    tables = sorted(fresh_tables(defs.assets or []), key=lambda key: key.to_user_string())
+    if not tables:
+        return f"{ctx.module} gives no table a freshness policy"
+
+    def read() -> dict[str, tuple[FreshnessState, float | None]]:
+        records = instance.get_freshness_state_records(tables)
+        verdicts: dict[str, tuple[FreshnessState, float | None]] = {}
+        for key in tables:
+            record = records.get(key)
+            state = record.freshness_state if record else FreshnessState.UNKNOWN
+            latest = (
+                instance.get_latest_materialization_event(key)
+                if state is FreshnessState.FAIL
+                else None
+            )
+            verdicts[key.to_user_string()] = (state, latest.timestamp if latest else None)
+        return verdicts
+
+    verdicts = _with_deadline(read, ctx.timeout_s, "Dagster's storage")
+    now = time.time()
+    stale = [
+        f"{name} ({_last_update(now, at)})"
+        for name, (state, at) in verdicts.items()
+        if state is FreshnessState.FAIL
+    ]
+    if stale:
+        raise CheckFailed(
+            f"{len(stale)} of {len(verdicts)} stale: {', '.join(stale)}: is its job's schedule "
+            'on and its last run finished? (docs/alerts.md, "Stale tables")'
+        )
+    judged = [name for name, (state, _) in verdicts.items() if state in _JUDGED_FRESH]
+    line = f"{len(judged)} of {len(verdicts)} fresh"
+    unjudged = [name for name in verdicts if name not in judged]
+    if unjudged:
+        # UNKNOWN: never updated, or not yet evaluated by the daemon. Nothing is late until a
+        # first update has come, so it is not a failure.
+        line += f"; no verdict yet: {', '.join(unjudged)}"
+    return line
+
+
+_JUDGED_FRESH = (FreshnessState.PASS, FreshnessState.WARN)
+
+
+def _last_update(now: float, at: float | None) -> str:
+    if at is None:
+        return "never updated"
+    minutes = max(0, round((now - at) / 60))
+    ago = f"{minutes} min" if minutes < 120 else f"{minutes / 60:.1f} h"
+    return f"last updated {ago} ago"
 
 
 def _declared_schedules(defs: Definitions) -> dict[str, DefaultScheduleStatus]:
@@ -473,8 +537,8 @@ def _webhook_backlog(settings: Settings) -> tuple[int, float]:
 )
 @click.pass_obj
 def doctor_command(obj: dict[str, Any], timeout_s: float) -> None:
-    """Check this deployment: settings, secrets, databases, daemon, schedules, APIs. Exit 1 on any
-    failure."""
+    """Check this deployment: settings, secrets, databases, daemon, schedules, stale tables, APIs.
+    Exit 1 on any failure."""
     results = run_checks(obj["module"], timeout_s)
     for result in results:
         click.echo(result.line())

@@ -21,7 +21,8 @@ from pathlib import Path
 import psycopg
 import pytest
 from click.testing import CliRunner, Result
-from dagster import DagsterInstance
+from dagster import AssetKey, AssetMaterialization, DagsterInstance
+from dagster._core.definitions.freshness import FreshnessState, FreshnessStateChange
 from dagster._core.remote_origin import (
     InProcessCodeLocationOrigin,
     RemoteInstigatorOrigin,
@@ -246,9 +247,10 @@ def test_a_ready_prod_deployment_passes_every_check(prod: DagsterInstance) -> No
     assert "at revision" in lines["app database"][1]
     assert "PostgresRunStorage" in lines["dagster storage"][1]
     assert lines["schedules"][1] == "2 of 2 running"
+    assert lines["fresh tables"][1] == "0 of 1 fresh; no verdict yet: demo_table"
     assert "sending-only" not in lines["resend api"][1]
     assert lines["stream webhooks"][1].endswith("answers; 0 deliveries waiting")
-    assert result.output.rstrip().endswith("all 9 checks passed")
+    assert result.output.rstrip().endswith("all 10 checks passed")
     assert_no_secret(result)
 
 
@@ -293,6 +295,7 @@ def test_unparseable_settings_fail_and_what_depends_on_them_is_not_checked(
         "secrets",
         "app database",
         "schedules",
+        "fresh tables",
         "stream api",
         "resend api",
         "stream webhooks",
@@ -366,7 +369,7 @@ def test_unreachable_dagster_storage_fails_and_its_dependents_are_not_checked(
     result, lines = doctor()
 
     assert result.exit_code == 1
-    assert failed(lines) == {"dagster storage", "daemon", "schedules"}
+    assert failed(lines) == {"dagster storage", "daemon", "schedules", "fresh tables"}
     assert lines["daemon"][1] == "not checked: Dagster's storage is not reachable"
     assert_no_secret(result)
 
@@ -445,6 +448,42 @@ def test_a_stopped_schedule_fails_by_name(prod: DagsterInstance) -> None:
     assert result.exit_code == 1
     assert failed(lines) == {"schedules"}
     assert lines["schedules"][1].startswith("1 of 2 stopped: flaky_schedule")
+
+
+def judge(instance: DagsterInstance, new: FreshnessState, previous: FreshnessState) -> None:
+    """What the freshness daemon writes when it changes its verdict on the test table."""
+    instance.report_runless_asset_event(
+        FreshnessStateChange(
+            key=AssetKey("demo_table"),
+            new_state=new,
+            previous_state=previous,
+            state_change_timestamp=time.time(),
+        )
+    )
+
+
+def test_a_stale_table_fails_by_name_until_it_is_fresh_again(prod: DagsterInstance) -> None:
+    heartbeat(prod)
+    try:
+        judge(prod, FreshnessState.FAIL, FreshnessState.UNKNOWN)
+        result, lines = doctor()
+        assert result.exit_code == 1
+        assert failed(lines) == {"fresh tables"}
+        assert lines["fresh tables"][1].startswith("1 of 1 stale: demo_table (never updated)")
+
+        prod.report_runless_asset_event(AssetMaterialization("demo_table"))
+        result, lines = doctor()
+        assert lines["fresh tables"][1].startswith(
+            "1 of 1 stale: demo_table (last updated 0 min ago)"
+        )
+
+        judge(prod, FreshnessState.PASS, FreshnessState.FAIL)
+        result, lines = doctor()
+        assert result.exit_code == 0, result.output
+        assert lines["fresh tables"] == (True, "1 of 1 fresh")
+    finally:
+        # One Dagster database serves the module: the next test finds the table unjudged again.
+        judge(prod, FreshnessState.UNKNOWN, FreshnessState.PASS)
 
 
 @pytest.mark.parametrize(

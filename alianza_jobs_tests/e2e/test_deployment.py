@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from dagster import DagsterRunStatus
 
+from alianza_jobs.cli.doctor import CHECKS
 from alianza_jobs_tests.e2e.conftest import DAGSTER_PG_PASSWORD, RESEND_KEY, STREAM_TOKEN
 from alianza_jobs_tests.e2e.harness import Deployment, wait_for
 
@@ -109,7 +110,9 @@ def test_doctor_passes_against_the_running_deployment(deployment: Deployment) ->
     lines = result.stdout.splitlines()
     assert result.returncode == 0, result.stdout + result.stderr
     checks = [line for line in lines if line.startswith(("ok", "FAIL"))]
-    assert len(checks) == 9 and all(line.startswith("ok") for line in checks), result.stdout
+    assert len(checks) == len(CHECKS) and all(line.startswith("ok") for line in checks), (
+        result.stdout
+    )
     assert "PostgresRunStorage" in result.stdout
     for secret in (DAGSTER_PG_PASSWORD, STREAM_TOKEN, RESEND_KEY):
         assert secret not in result.stdout + result.stderr

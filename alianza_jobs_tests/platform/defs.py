@@ -16,6 +16,7 @@ from pathlib import Path
 from dagster import AssetSpec, Backoff, Definitions, Jitter, OpExecutionContext
 
 from alianza_jobs.logs import get_logger
+from alianza_jobs.platform.freshness import with_freshness
 from alianza_jobs.platform.task import Retry, TaskReport, TaskSpec
 from alianza_jobs.settings import load_settings
 
@@ -151,7 +152,7 @@ settings = load_settings()
 _jobs = [hangs_job, flaky_job, counts_job, leaky_job, toggle_job]
 
 defs = Definitions(
-    assets=[AssetSpec("demo_table")],
+    assets=[with_freshness(AssetSpec("demo_table"), COUNTS, settings)],
     jobs=_jobs,
     schedules=[
         spec.schedule(j, settings) for spec, j in zip(SPECS, _jobs, strict=True) if spec.cron
