@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from dagster import DagsterInstance, DefaultScheduleStatus, Definitions
+from dagster import AssetKey, DagsterInstance, DefaultScheduleStatus, Definitions
 from dagster._core.definitions.freshness import FreshnessState
 from dagster._core.errors import DagsterInvalidConfigError
 from dagster._core.scheduler.instigation import InstigatorStatus, InstigatorType
@@ -379,43 +379,44 @@ def _check_freshness(ctx: _Context) -> str:
     if not tables:
         return f"{ctx.module} gives no table a freshness policy"
 
-    def read() -> dict[str, tuple[FreshnessState, float | None]]:
+    def read() -> tuple[dict[AssetKey, FreshnessState], dict[AssetKey, float]]:
         records = instance.get_freshness_state_records(tables)
-        verdicts: dict[str, tuple[FreshnessState, float | None]] = {}
-        for key in tables:
-            record = records.get(key)
-            state = record.freshness_state if record else FreshnessState.UNKNOWN
-            latest = (
-                instance.get_latest_materialization_event(key)
-                if state is FreshnessState.FAIL
-                else None
-            )
-            verdicts[key.to_user_string()] = (state, latest.timestamp if latest else None)
-        return verdicts
+        states = {
+            key: record.freshness_state if (record := records.get(key)) else FreshnessState.UNKNOWN
+            for key in tables
+        }
+        stale = [key for key, state in states.items() if state is FreshnessState.FAIL]
+        # One query for the stale tables' last updates (an asset record holds its latest).
+        updated = {
+            asset.asset_entry.asset_key: latest.timestamp
+            for asset in (instance.get_asset_records(stale) if stale else [])
+            if (latest := asset.asset_entry.last_materialization) is not None
+        }
+        return states, updated
 
-    verdicts = _with_deadline(read, ctx.timeout_s, "Dagster's storage")
+    states, updated = _with_deadline(read, ctx.timeout_s, "Dagster's storage")
     now = time.time()
     stale = [
-        f"{name} ({_last_update(now, at)})"
-        for name, (state, at) in verdicts.items()
+        f"{key.to_user_string()} ({_last_update(now, updated.get(key))})"
+        for key, state in states.items()
         if state is FreshnessState.FAIL
     ]
     if stale:
         raise CheckFailed(
-            f"{len(stale)} of {len(verdicts)} stale: {', '.join(stale)}: is its job's schedule "
+            f"{len(stale)} of {len(states)} stale: {', '.join(stale)}: is its job's schedule "
             'on and its last run finished? (docs/alerts.md, "Stale tables")'
         )
-    judged = [name for name, (state, _) in verdicts.items() if state in _JUDGED_FRESH]
-    line = f"{len(judged)} of {len(verdicts)} fresh"
-    unjudged = [name for name in verdicts if name not in judged]
+    fresh = [key for key, state in states.items() if state in _FRESH]
+    line = f"{len(fresh)} of {len(states)} fresh"
+    # UNKNOWN: never updated, or not yet evaluated by the daemon. Nothing is late until a first
+    # update has come, so it is not a failure.
+    unjudged = [key.to_user_string() for key, state in states.items() if state not in _FRESH]
     if unjudged:
-        # UNKNOWN: never updated, or not yet evaluated by the daemon. Nothing is late until a
-        # first update has come, so it is not a failure.
         line += f"; no verdict yet: {', '.join(unjudged)}"
     return line
 
 
-_JUDGED_FRESH = (FreshnessState.PASS, FreshnessState.WARN)
+_FRESH = (FreshnessState.PASS, FreshnessState.WARN)
 
 
 def _last_update(now: float, at: float | None) -> str:
